@@ -1,0 +1,37 @@
+"""Shared fixtures: the real data in ../shared/data, and small generated inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(
+    os.environ.get("BIOTRANSFORMER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+)
+
+
+def require_shared_data() -> Path:
+    """Return ``../shared/data``; skip with a reason when absent, but fail under ``CI``."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    message = (
+        f"real data folder {SHARED_DATA} is absent: clone the project next to its shared/ "
+        "folder or set BIOTRANSFORMER_SHARED_DATA"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set, so a missing data folder is an error)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real sequence data used by tests (see ../shared/data/README.md)."""
+    return require_shared_data()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT

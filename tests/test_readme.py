@@ -1,0 +1,54 @@
+"""Every fenced shell block of the README runs as written, except a short reviewed list."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+BLOCK_PATTERN = re.compile(r"^```bash(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.S | re.M)
+
+# Blocks that cannot run inside this test, each with its reason. Keep this list short.
+NOT_RUN = {
+    "tests": "it runs pytest, which is what is running this test",
+}
+
+
+def readme_blocks() -> dict[str, str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks: dict[str, str] = {}
+    for match in BLOCK_PATTERN.finditer(text):
+        name = re.search(r"name=(\S+)", match["info"])
+        assert name, f"README bash block without a name=...: {match['body'][:60]!r}"
+        assert name[1] not in blocks, f"README block name {name[1]!r} used twice"
+        blocks[name[1]] = match["body"]
+    return blocks
+
+
+def test_every_block_is_named_and_skips_are_real_blocks():
+    blocks = readme_blocks()
+    assert blocks, "the README has no bash blocks"
+    assert set(NOT_RUN) <= set(blocks), "NOT_RUN names a block the README no longer has"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("name", [n for n in readme_blocks() if n not in NOT_RUN])
+def test_readme_block_runs(name):
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_blocks()[name]],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, (
+        f"README block {name!r} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
