@@ -49,7 +49,7 @@ def test_vocab_size_comes_from_the_tokenizer() -> None:
 
 
 def test_unknown_preset_lists_the_presets() -> None:
-    with pytest.raises(ConfigError, match="did you mean 'protein-t6-8M'.*presets: tiny"):
+    with pytest.raises(ConfigError, match=r"did you mean 'protein-t6-8M'.*presets: tiny"):
         ModelConfig.from_preset("protein-t6-8m", vocab_size=33)
 
 
