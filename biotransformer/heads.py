@@ -1,0 +1,609 @@
+"""Task heads on the encoder, and model directories (save, load, warm start from another task).
+
+Every model holds ``self.encoder`` (an ``Encoder``), ``self.config`` (a ``ModelConfig``) and
+``self.head_config``, and its ``forward(input_ids, attention_mask=None, labels=None)`` returns a
+``ModelOutput``. A model directory holds ``config.json``, ``model.safetensors`` and, when a
+tokenizer was given, ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from biotransformer.atomic import atomic_directory
+from biotransformer.config import ModelConfig
+from biotransformer.errors import ConfigError, ModelDirectoryError
+from biotransformer.model import Encoder, init_weights
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100
+POOLINGS = ("cls", "mean", "max", "attention")
+PROBLEM_TYPES = ("single_label", "multi_label")
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns.
+
+    ``loss`` is ``loss_sum / num_targets``: for masked-LM and token classification the sum of
+    per-token losses and the number of targets that are not ``-100``; for sequence heads the
+    sum of per-sequence losses and the batch size. The training loop adds both up over
+    micro-batches and ranks before dividing.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    loss_sum: torch.Tensor | None = None
+    num_targets: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Head configurations
+# ---------------------------------------------------------------------------------------------
+
+
+class HeadConfig:
+    """Shared dict round trip of the head dataclasses; unknown keys are errors."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HeadConfig:
+        known = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown {cls.__name__} option {key!r}; options: {known}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class MaskedLMHeadConfig(HeadConfig):
+    """The masked-LM head has no options; ``ModelConfig.tie_embeddings`` ties its decoder."""
+
+
+@dataclass
+class LabelHeadConfig(HeadConfig):
+    """Options of a classifier: ``num_labels`` (or inferred from ``label2id``), the label
+    vocabulary, ``pooling`` (sequence heads), and ``class_weights``: per-class weights of the
+    cross-entropy for ``single_label``, the ``pos_weight`` of the BCE for ``multi_label``."""
+
+    num_labels: int | None = None
+    problem_type: str = "single_label"
+    pooling: str = "cls"
+    label2id: dict[str, int] | None = None
+    class_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_labels is None:
+            if self.label2id is None:
+                raise ConfigError("num_labels is required: pass num_labels=N or label2id={...}")
+            self.num_labels = len(self.label2id)
+        if self.num_labels < 1:
+            raise ConfigError(f"num_labels = {self.num_labels} must be >= 1")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(
+                f"problem_type = {self.problem_type!r} is not one of {list(PROBLEM_TYPES)}"
+            )
+        if self.problem_type == "single_label" and self.num_labels < 2:
+            raise ConfigError(
+                "num_labels = 1 with problem_type 'single_label': use num_labels=2 for a binary "
+                "task, or problem_type='multi_label' for one independent yes/no output"
+            )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling = {self.pooling!r} is not one of {list(POOLINGS)}")
+        if self.label2id is not None and sorted(self.label2id.values()) != list(
+            range(self.num_labels)
+        ):
+            raise ConfigError(
+                f"label2id must map the {self.num_labels} labels onto ids "
+                f"0..{self.num_labels - 1}, got {self.label2id}"
+            )
+        if self.class_weights is not None and len(self.class_weights) != self.num_labels:
+            raise ConfigError(
+                f"class_weights has {len(self.class_weights)} values for {self.num_labels} labels"
+            )
+
+
+@dataclass
+class RegressorHeadConfig(HeadConfig):
+    """Options of a regressor: how many values it predicts per sequence, and the pooling."""
+
+    num_outputs: int = 1
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.num_outputs < 1:
+            raise ConfigError(f"num_outputs = {self.num_outputs} must be >= 1")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling = {self.pooling!r} is not one of {list(POOLINGS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------------------
+
+
+class Pooler(nn.Module):
+    """(B, T, C) -> (B, C): the first token (``cls``), the mean or max over real tokens, or an
+    ``attention``-weighted sum with one learned score per token."""
+
+    def __init__(self, kind: str, hidden_size: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "attention":
+            self.score = nn.Linear(hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "cls":
+            return hidden[:, 0]
+        keep = None if attention_mask is None else attention_mask.bool()[:, :, None]  # (B, T, 1)
+        if self.kind == "mean":
+            if keep is None:
+                return hidden.mean(dim=1)
+            return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+        if self.kind == "max":
+            if keep is not None:
+                hidden = hidden.masked_fill(~keep, float("-inf"))
+            return hidden.max(dim=1).values
+        scores = self.score(hidden)  # (B, T, 1)
+        if keep is not None:
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return (scores.softmax(dim=1) * hidden).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared base: construction, size, FLOPs, saving
+# ---------------------------------------------------------------------------------------------
+
+
+class BioTransformerModel(nn.Module):
+    """An encoder plus a task head; subclasses define the head and the loss."""
+
+    head_config_class: ClassVar[type[HeadConfig]]
+
+    def __init__(
+        self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
+    ) -> None:
+        super().__init__()
+        if head is not None and head_options:
+            raise ConfigError("pass either a head config or head options, not both")
+        self.config = config
+        self.head_config = head if head is not None else self.head_config_class(**head_options)
+        self.encoder = Encoder(config)
+        self.tied_weight_keys: tuple[str, ...] = ()
+        self.tokenizer: Any = None
+        self.loading_info: dict[str, list[str]] | None = None
+
+    @classmethod
+    def from_preset(cls, name: str, **options: Any) -> BioTransformerModel:
+        """A new model of a named architecture, e.g. ``MaskedLM.from_preset("tiny",
+        vocab_size=33)``; options that name head fields (``num_labels``...) go to the head."""
+        head_fields = {field.name for field in dataclasses.fields(cls.head_config_class)}
+        head_options = {k: v for k, v in options.items() if k in head_fields}
+        overrides = {k: v for k, v in options.items() if k not in head_fields}
+        return cls(ModelConfig.from_preset(name, **overrides), **head_options)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], **head_options: Any) -> Any:
+        """Load a model directory as this class; see ``load_model``."""
+        return load_model(directory, model_class=cls, **head_options)
+
+    def num_parameters(self, *, trainable_only: bool = False) -> int:
+        """Number of parameters, tied weights counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token: ``6 * N + 12 * num_layers * seq_len * hidden_size``.
+
+        ``N`` is ``num_parameters()`` (forward 2N, backward 4N for the matrix products); the
+        second term is the attention scores and weighted sum (q k^T and A v: 2 * 2 * T * C
+        forward per layer, times 3 with the backward pass), as in the PaLM paper's appendix B.
+        """
+        config = self.config
+        return 6 * self.num_parameters() + 12 * config.num_layers * seq_len * config.hidden_size
+
+    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Any = None) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json`` when a tokenizer
+        is given) into ``directory`` atomically, replacing what was there."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                f"{self.config.vocab_size}: save the tokenizer the model was built for"
+            )
+        from biotransformer import __version__
+
+        document = {
+            "format_version": FORMAT_VERSION,
+            "biotransformer_version": __version__,
+            "model_type": type(self).__name__,
+            "model": self.config.to_dict(),
+            "head": self.head_config.to_dict(),
+        }
+        state = {
+            key: value.detach().contiguous()
+            for key, value in self.state_dict().items()
+            if key not in self.tied_weight_keys
+        }
+        with atomic_directory(directory) as staging:
+            (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+            save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+            if tokenizer is not None:
+                tokenizer.save(staging)
+        return Path(directory)
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool,
+        output_attentions: bool,
+    ) -> Any:
+        return self.encoder(
+            input_ids,
+            attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+
+
+def _token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy summed over tokens whose label is not -100: (loss, loss_sum, count)."""
+    loss_sum = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        labels.reshape(-1),
+        weight=weight,
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    num_targets = (labels != IGNORE_INDEX).sum()
+    return loss_sum / num_targets.clamp(min=1), loss_sum, num_targets
+
+
+def _class_weights(head: LabelHeadConfig) -> torch.Tensor | None:
+    return None if head.class_weights is None else torch.tensor(head.class_weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# The four models
+# ---------------------------------------------------------------------------------------------
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> decoder (vocab_size) + bias, as in BERT and ESM-2."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(hidden)))) + self.bias  # (B, T, V)
+
+
+class MaskedLM(BioTransformerModel):
+    """Masked-token prediction; ``labels`` (B, T) hold the original ids at masked positions
+    and -100 elsewhere. Logits are (B, T, vocab_size)."""
+
+    head_config_class = MaskedLMHeadConfig
+
+    def __init__(
+        self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
+    ) -> None:
+        super().__init__(config, head, **head_options)
+        self.lm_head = MaskedLMHead(config)
+        init_weights(self.lm_head, config.initializer_range)
+        if config.tie_embeddings:
+            self.lm_head.decoder.weight = self.encoder.embed_tokens.weight
+            self.tied_weight_keys = ("lm_head.decoder.weight",)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        encoded = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+        logits = self.lm_head(encoded.last_hidden_state)  # (B, T, V)
+        output = ModelOutput(
+            logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        if labels is not None:
+            output.loss, output.loss_sum, output.num_targets = _token_loss(logits, labels, None)
+        return output
+
+
+class SequenceClassifier(BioTransformerModel):
+    """One label per sequence (``single_label``: binary or multi-class, labels (B,) ids), or
+    several (``multi_label``: labels (B, num_labels) of 0/1, BCE). Logits (B, num_labels)."""
+
+    head_config_class = LabelHeadConfig
+
+    def __init__(
+        self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
+    ) -> None:
+        super().__init__(config, head, **head_options)
+        head_config: LabelHeadConfig = self.head_config  # type: ignore[assignment]
+        self.pooler = Pooler(head_config.pooling, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, head_config.num_labels)  # type: ignore[arg-type]
+        self.register_buffer("class_weights", _class_weights(head_config), persistent=False)
+        init_weights(self.pooler, config.initializer_range)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        encoded = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+        pooled = self.pooler(encoded.last_hidden_state, attention_mask)  # (B, C)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        output = ModelOutput(
+            logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        if labels is not None:
+            if self.head_config.problem_type == "multi_label":  # type: ignore[attr-defined]
+                per_label = F.binary_cross_entropy_with_logits(
+                    logits, labels.to(logits.dtype), pos_weight=self.class_weights, reduction="none"
+                )
+                loss_sum = per_label.mean(dim=-1).sum()
+            else:
+                loss_sum = F.cross_entropy(
+                    logits, labels, weight=self.class_weights, reduction="sum"
+                )
+            output.loss_sum = loss_sum
+            output.num_targets = torch.tensor(logits.size(0), device=logits.device)
+            output.loss = loss_sum / logits.size(0)
+        return output
+
+
+class SequenceRegressor(BioTransformerModel):
+    """Real values per sequence with MSE. Targets are standardised with ``target_mean`` and
+    ``target_std`` (buffers saved with the model; set them with ``fit_target_scaling``) and
+    the loss is computed on that scale; ``logits`` (B, num_outputs) are in the original units."""
+
+    head_config_class = RegressorHeadConfig
+
+    def __init__(
+        self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
+    ) -> None:
+        super().__init__(config, head, **head_options)
+        num_outputs = self.head_config.num_outputs  # type: ignore[attr-defined]
+        self.pooler = Pooler(self.head_config.pooling, config.hidden_size)  # type: ignore[attr-defined]
+        self.dropout = nn.Dropout(config.dropout)
+        self.regressor = nn.Linear(config.hidden_size, num_outputs)
+        self.register_buffer("target_mean", torch.zeros(num_outputs))
+        self.register_buffer("target_std", torch.ones(num_outputs))
+        init_weights(self.pooler, config.initializer_range)
+        init_weights(self.regressor, config.initializer_range)
+
+    @torch.no_grad()
+    def fit_target_scaling(self, targets: torch.Tensor) -> None:
+        """Store the mean and standard deviation of training targets (N,) or (N, num_outputs)."""
+        targets = targets.reshape(targets.size(0), -1).to(self.target_mean)
+        self.target_mean.copy_(targets.mean(dim=0))
+        self.target_std.copy_(targets.std(dim=0, unbiased=False).clamp(min=1e-8))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        encoded = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+        pooled = self.pooler(encoded.last_hidden_state, attention_mask)  # (B, C)
+        standardised = self.regressor(self.dropout(pooled))  # (B, num_outputs)
+        output = ModelOutput(
+            logits=standardised * self.target_std + self.target_mean,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+        if labels is not None:
+            target = (labels.reshape(standardised.shape) - self.target_mean) / self.target_std
+            loss_sum = F.mse_loss(standardised, target, reduction="none").mean(dim=-1).sum()
+            output.loss_sum = loss_sum
+            output.num_targets = torch.tensor(standardised.size(0), device=standardised.device)
+            output.loss = loss_sum / standardised.size(0)
+        return output
+
+
+class TokenClassifier(BioTransformerModel):
+    """One label per token (labels (B, T) ids, -100 ignored); logits (B, T, num_labels).
+    ``pooling`` and ``problem_type`` do not apply (always single-label per token)."""
+
+    head_config_class = LabelHeadConfig
+
+    def __init__(
+        self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
+    ) -> None:
+        super().__init__(config, head, **head_options)
+        head_config: LabelHeadConfig = self.head_config  # type: ignore[assignment]
+        if head_config.problem_type != "single_label":
+            raise ConfigError("TokenClassifier supports problem_type='single_label' only")
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, head_config.num_labels)  # type: ignore[arg-type]
+        self.register_buffer("class_weights", _class_weights(head_config), persistent=False)
+        init_weights(self.classifier, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        encoded = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(encoded.last_hidden_state))  # (B, T, num_labels)
+        output = ModelOutput(
+            logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        if labels is not None:
+            output.loss, output.loss_sum, output.num_targets = _token_loss(
+                logits, labels, self.class_weights
+            )
+        return output
+
+
+MODEL_CLASSES: dict[str, type[BioTransformerModel]] = {
+    cls.__name__: cls for cls in (MaskedLM, SequenceClassifier, SequenceRegressor, TokenClassifier)
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading model directories
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(
+    directory: str | os.PathLike[str],
+    model_class: type[BioTransformerModel] | str | None = None,
+    **head_options: Any,
+) -> Any:
+    """Rebuild the model saved in ``directory`` (in eval mode), with its tokenizer attached as
+    ``model.tokenizer`` when ``tokenizer.json`` is there.
+
+    With ``model_class`` (or ``head_options``) different from what was saved, the encoder is
+    loaded and the head starts fresh: ``model.loading_info`` then lists the ``new`` weights
+    (initialised, not loaded) and the ``unused`` ones (in the file, not in the model).
+    """
+    directory = Path(directory)
+    document = _read_config(directory)
+    saved_class = MODEL_CLASSES[document["model_type"]]
+    if isinstance(model_class, str):
+        if model_class not in MODEL_CLASSES:
+            raise ConfigError(f"unknown model class {model_class!r}; known: {list(MODEL_CLASSES)}")
+        model_class = MODEL_CLASSES[model_class]
+    cls = model_class or saved_class
+    exact = cls is saved_class and not head_options
+    config_path = directory / CONFIG_FILE
+    try:
+        config = ModelConfig.from_dict(document["model"])
+        saved_head = cls.head_config_class.from_dict(document["head"]) if exact else None
+    except (ConfigError, TypeError) as error:
+        raise ModelDirectoryError(
+            f"{config_path}: {error}. Fix: repair the file or save the model again"
+        ) from error
+    model = cls(config, saved_head, **({} if exact else head_options))
+    model.loading_info = _load_weights(model, directory / WEIGHTS_FILE, exact)
+    tokenizer_path = directory / TOKENIZER_FILE
+    if tokenizer_path.exists():
+        from biotransformer.tokenizers import Tokenizer
+
+        model.tokenizer = Tokenizer.load(tokenizer_path)
+        if model.tokenizer.vocab_size != config.vocab_size:
+            raise ModelDirectoryError(
+                f"{tokenizer_path}: {model.tokenizer.vocab_size} tokens, but {config_path} says "
+                f"vocab_size = {config.vocab_size}. Fix: put back the tokenizer.json saved with "
+                "this model"
+            )
+    return model.eval()
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise ModelDirectoryError(
+            f"{directory}: not a directory. Fix: pass a directory written by save_pretrained"
+        )
+    if not path.is_file():
+        raise ModelDirectoryError(
+            f"{path}: not found. Fix: pass a directory written by save_pretrained "
+            f"(it holds {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelDirectoryError(
+            f"{path}: not valid JSON ({error}). Fix: restore the file or save the model again"
+        ) from error
+    missing = [key for key in ("model_type", "model", "head") if key not in document]
+    if not isinstance(document, dict) or missing:
+        raise ModelDirectoryError(
+            f"{path}: missing keys {missing}; this is not a biotransformer model config. "
+            "Fix: pass a directory written by save_pretrained"
+        )
+    if document["model_type"] not in MODEL_CLASSES:
+        raise ModelDirectoryError(
+            f"{path}: unknown model_type {document['model_type']!r}; known: "
+            f"{list(MODEL_CLASSES)}. Fix: check the file, or upgrade biotransformer"
+        )
+    if document.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ModelDirectoryError(
+            f"{path}: format_version {document['format_version']} is newer than this "
+            f"biotransformer reads ({FORMAT_VERSION}). Fix: upgrade biotransformer"
+        )
+    return document
+
+
+def _load_weights(model: BioTransformerModel, path: Path, exact: bool) -> dict[str, list[str]]:
+    """Load ``path`` into ``model``: every key for an exact load, else the encoder (required)
+    and whatever head weights match by name and shape. Returns ``{"new": [...], "unused":
+    [...]}``."""
+    if not path.is_file():
+        raise ModelDirectoryError(
+            f"{path}: not found. Fix: copy the whole model directory, or save the model again"
+        )
+    try:
+        state = load_file(path)
+    except Exception as error:
+        raise ModelDirectoryError(
+            f"{path}: cannot be read ({error}); the file is corrupted or truncated. Fix: copy "
+            "it again from its source or save the model again"
+        ) from error
+    own = {k: v for k, v in model.state_dict().items() if k not in model.tied_weight_keys}
+    for key, value in state.items():
+        if key in own and value.shape != own[key].shape and (exact or key.startswith("encoder.")):
+            raise ModelDirectoryError(
+                f"{path}: weight {key!r} has shape {tuple(value.shape)} but {CONFIG_FILE} "
+                f"describes {tuple(own[key].shape)}. Fix: the two files come from different "
+                "models; put back the pair that was saved together"
+            )
+    loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    new = sorted(set(own) - set(loadable))
+    unused = sorted(set(state) - set(loadable))
+    missing_encoder = [key for key in new if key.startswith("encoder.")]
+    if (exact and (new or unused)) or missing_encoder:
+        raise ModelDirectoryError(
+            f"{path}: does not match {CONFIG_FILE}: missing {missing_encoder if not exact else new}"
+            f", unexpected {unused}. Fix: put back the pair of files that was saved together"
+        )
+    model.load_state_dict(loadable, strict=False)
+    if new or unused:
+        logger.info("new weights (initialised, not loaded): %s; unused weights: %s", new, unused)
+    return {"new": new, "unused": unused}
