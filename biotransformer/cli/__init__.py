@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from biotransformer import __version__
 from biotransformer.errors import BioTransformerError
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("datasets",)
 
 
 def build_parser() -> argparse.ArgumentParser:
