@@ -121,8 +121,9 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hs)
         if rotary is not None:
-            q = apply_rotary(q, *rotary)
-            k = apply_rotary(k, *rotary)
+            cos, sin = (table.to(q.dtype) for table in rotary)  # no-op unless under autocast
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             y, weights = self._explicit_attention(q, k, v, attn_mask, dropout)
