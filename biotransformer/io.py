@@ -118,7 +118,7 @@ def read_sequences(
         id_column=id_column,
         header=header,
         label_from=label_from,
-        label_type=_check_choice("label_type", label_type or "class", LABEL_TYPES),
+        label_type=_check_choice("label_type", label_type, (*LABEL_TYPES, None)),
         alphabet=_check_choice("alphabet", alphabet, ("dna", "protein", None)),
         duplicate_ids=_check_choice("duplicate_ids", duplicate_ids, DUPLICATE_ID_POLICIES),
     )
@@ -464,8 +464,23 @@ def _skip_to_first_header(lines: _LineReader, path: Path) -> str:
 
 
 def _fastq_records(lines: _LineReader, options: _Options) -> Iterator[RawRecord]:
+    records = FastqGeneralIterator(lines)
     next_start = 1
-    for title, sequence, _quality in FastqGeneralIterator(lines):
+    while True:
+        try:
+            title, sequence, _quality = next(records)
+        except StopIteration:
+            return
+        except InputError:
+            raise
+        except ValueError as error:
+            raise InputError(
+                f"not valid FASTQ ({error})",
+                path=options.path,
+                line=lines.line,
+                fix="each record is an '@id' line, the sequence, a '+' line and a quality "
+                "line of the same length",
+            ) from None
         start, next_start = next_start, lines.line
         yield _title_id(title, options.path, start), sequence, title, start
 
