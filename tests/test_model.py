@@ -110,8 +110,35 @@ def test_rotary_is_relative() -> None:
     assert cos.shape == (3, 8) and cos.data_ptr() == rotary(4, torch.float64)[0].data_ptr()
 
 
+def test_rotary_matches_fair_esm() -> None:
+    esm_rotary = pytest.importorskip("esm.rotary_embedding")
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8).unbind(0)  # (B*H, T, hs), fair-esm's layout
+    cos, sin = RotaryEmbedding(8, 10000.0)(5, q.dtype)
+    expected = esm_rotary.RotaryEmbedding(8)(q, k)
+    torch.testing.assert_close(apply_rotary(q, cos, sin), expected[0])
+    torch.testing.assert_close(apply_rotary(k, cos, sin), expected[1])
+
+
+def rotate_pairs(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary positions written out: each pair (i, i + hs/2) turned by pos / base^(2i/hs)."""
+    T, hs = x.shape[-2:]
+    out = x.clone()
+    for pos in range(T):
+        for i in range(hs // 2):
+            angle = torch.tensor(pos / base ** (2 * i / hs), dtype=x.dtype)
+            a, b = x[..., pos, i], x[..., pos, i + hs // 2]
+            out[..., pos, i] = a * angle.cos() - b * angle.sin()
+            out[..., pos, i + hs // 2] = b * angle.cos() + a * angle.sin()
+    return out
+
+
 def reference_attention(
-    module: SelfAttention, x: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None
+    module: SelfAttention,
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    bias: torch.Tensor | None,
+    rotary: bool,
 ) -> torch.Tensor:
     """Multi-head attention written out plainly, per head, with the module's weights."""
     C = x.size(-1)
@@ -124,6 +151,8 @@ def reference_attention(
         q = x @ wq[part].T + bq[part]
         k = x @ wk[part].T + bk[part]
         v = x @ wv[part].T + bv[part]
+        if rotary:
+            q, k = rotate_pairs(q), rotate_pairs(k)
         scores = q @ k.transpose(1, 2) / math.sqrt(hs)
         if bias is not None:
             scores = scores + bias[:, h]
@@ -132,7 +161,7 @@ def reference_attention(
     return module.out(torch.cat(heads, dim=-1))
 
 
-@pytest.mark.parametrize("position", ["learned", "alibi"])
+@pytest.mark.parametrize("position", ["learned", "alibi", "rotary"])
 def test_sdpa_equals_reference_attention(position: str) -> None:
     model = encoder(position=position, num_heads=4)
     torch.nn.init.normal_(model.layers[0].attn.qkv.bias)
@@ -141,9 +170,10 @@ def test_sdpa_equals_reference_attention(position: str) -> None:
     keep = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
     mask = model.attention_mask_for(keep, 6, x.dtype)
     bias = alibi_bias(model.alibi_slopes, 6) if position == "alibi" else None
-    expected = reference_attention(attention, x, keep, bias)
-    fast, _ = attention(x, mask, None)
-    explicit, weights = attention(x, mask, None, need_weights=True)
+    rotary = model.rotary(6, x.dtype) if position == "rotary" else None
+    expected = reference_attention(attention, x, keep, bias, rotary is not None)
+    fast, _ = attention(x, mask, rotary)
+    explicit, weights = attention(x, mask, rotary, need_weights=True)
     torch.testing.assert_close(fast, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(explicit, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 6, dtype=torch.float64))
