@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from biotransformer import __version__
 from biotransformer.atomic import atomic_directory
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError, ModelDirectoryError
-from biotransformer.model import Encoder, init_weights
+from biotransformer.model import Encoder, EncoderOutput, init_weights
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,9 @@ class BioTransformerModel(nn.Module):
         if head is not None and head_options:
             raise ConfigError("pass either a head config or head options, not both")
         self.config = config
-        self.head_config = head if head is not None else self.head_config_class(**head_options)
+        if head is None:
+            head = self.head_config_class.from_dict(head_options)
+        self.head_config = head
         self.encoder = Encoder(config)
         self.tied_weight_keys: tuple[str, ...] = ()
         self.tokenizer: Any = None
@@ -230,8 +233,6 @@ class BioTransformerModel(nn.Module):
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                 f"{self.config.vocab_size}: save the tokenizer the model was built for"
             )
-        from biotransformer import __version__
-
         document = {
             "format_version": FORMAT_VERSION,
             "biotransformer_version": __version__,
@@ -240,7 +241,7 @@ class BioTransformerModel(nn.Module):
             "head": self.head_config.to_dict(),
         }
         state = {
-            key: value.detach().contiguous()
+            key: value.detach().cpu().contiguous()
             for key, value in self.state_dict().items()
             if key not in self.tied_weight_keys
         }
@@ -257,7 +258,7 @@ class BioTransformerModel(nn.Module):
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool,
         output_attentions: bool,
-    ) -> Any:
+    ) -> EncoderOutput:
         return self.encoder(
             input_ids,
             attention_mask,
@@ -344,12 +345,13 @@ class SequenceClassifier(BioTransformerModel):
     several (``multi_label``: labels (B, num_labels) of 0/1, BCE). Logits (B, num_labels)."""
 
     head_config_class = LabelHeadConfig
+    head_config: LabelHeadConfig
 
     def __init__(
         self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
     ) -> None:
         super().__init__(config, head, **head_options)
-        head_config: LabelHeadConfig = self.head_config  # type: ignore[assignment]
+        head_config = self.head_config
         self.pooler = Pooler(head_config.pooling, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, head_config.num_labels)  # type: ignore[arg-type]
@@ -373,7 +375,7 @@ class SequenceClassifier(BioTransformerModel):
             logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
         )
         if labels is not None:
-            if self.head_config.problem_type == "multi_label":  # type: ignore[attr-defined]
+            if self.head_config.problem_type == "multi_label":
                 per_label = F.binary_cross_entropy_with_logits(
                     logits, labels.to(logits.dtype), pos_weight=self.class_weights, reduction="none"
                 )
@@ -394,13 +396,14 @@ class SequenceRegressor(BioTransformerModel):
     the loss is computed on that scale; ``logits`` (B, num_outputs) are in the original units."""
 
     head_config_class = RegressorHeadConfig
+    head_config: RegressorHeadConfig
 
     def __init__(
         self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
     ) -> None:
         super().__init__(config, head, **head_options)
-        num_outputs = self.head_config.num_outputs  # type: ignore[attr-defined]
-        self.pooler = Pooler(self.head_config.pooling, config.hidden_size)  # type: ignore[attr-defined]
+        num_outputs = self.head_config.num_outputs
+        self.pooler = Pooler(self.head_config.pooling, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.regressor = nn.Linear(config.hidden_size, num_outputs)
         self.register_buffer("target_mean", torch.zeros(num_outputs))
@@ -446,12 +449,13 @@ class TokenClassifier(BioTransformerModel):
     ``pooling`` and ``problem_type`` do not apply (always single-label per token)."""
 
     head_config_class = LabelHeadConfig
+    head_config: LabelHeadConfig
 
     def __init__(
         self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
     ) -> None:
         super().__init__(config, head, **head_options)
-        head_config: LabelHeadConfig = self.head_config  # type: ignore[assignment]
+        head_config = self.head_config
         if head_config.problem_type != "single_label":
             raise ConfigError("TokenClassifier supports problem_type='single_label' only")
         self.dropout = nn.Dropout(config.dropout)
@@ -525,7 +529,12 @@ def load_model(
     if tokenizer_path.exists():
         from biotransformer.tokenizers import Tokenizer
 
-        model.tokenizer = Tokenizer.load(tokenizer_path)
+        try:
+            model.tokenizer = Tokenizer.load(tokenizer_path)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelDirectoryError(
+                f"{tokenizer_path}: {error}. Fix: put back the tokenizer.json saved with this model"
+            ) from error
         if model.tokenizer.vocab_size != config.vocab_size:
             raise ModelDirectoryError(
                 f"{tokenizer_path}: {model.tokenizer.vocab_size} tokens, but {config_path} says "

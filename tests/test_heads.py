@@ -17,7 +17,7 @@ VOCAB = 11
 
 
 def tiny(**overrides: object) -> bt.ModelConfig:
-    return bt.ModelConfig.from_preset("tiny", vocab_size=VOCAB, **overrides)
+    return bt.ModelConfig.from_preset("tiny", **{"vocab_size": VOCAB, **overrides})
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,8 +253,16 @@ def test_tokenizer_travels_with_the_model(tmp_path: Path) -> None:
     tokenizers = pytest.importorskip("biotransformer.tokenizers")
     tokenizer = tokenizers.Tokenizer.from_spec("protein")
     config = tiny(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    bt.MaskedLM(config).save_pretrained(tmp_path / "model", tokenizer=tokenizer)
+    model = bt.MaskedLM(config).eval()
+    model.save_pretrained(tmp_path / "model", tokenizer=tokenizer)
     loaded = bt.load_model(tmp_path / "model")
-    assert loaded.tokenizer.tokens == tokenizer.tokens
+    assert loaded.tokenizer == tokenizer
+    encoded = loaded.tokenizer.encode_batch(["MKTAYIAK", "MKV"])
+    ids = torch.as_tensor(encoded["input_ids"])
+    mask = torch.as_tensor(encoded["attention_mask"])
+    torch.testing.assert_close(loaded(ids, mask).logits, model(ids, mask).logits)
     with pytest.raises(ConfigError, match="vocab_size"):
         bt.MaskedLM(tiny()).save_pretrained(tmp_path / "other", tokenizer=tokenizer)
+    (tmp_path / "model" / "tokenizer.json").write_text("{")
+    with pytest.raises(ModelDirectoryError, match=r"tokenizer\.json.*Fix"):
+        bt.load_model(tmp_path / "model")
