@@ -102,13 +102,13 @@ def read_sequences(
 
     Labels of FASTA/FASTQ records: ``label_from="key:NAME"`` (a ``NAME=value`` pair in the
     header, pairs separated by spaces or ``;``), ``"field:N"`` (0-based ``|``-separated field
-    of the header line), ``"regex:PATTERN"`` (one group, searched in the header line); or
+    of the header line after ``>``), ``"regex:PATTERN"`` (one group, searched there); or
     ``labels_file``, a CSV/TSV with columns ``id_column`` (default ``id``) and
     ``label_column``. ``label_type``: ``"class"`` (str, default), ``"multilabel"`` (tuple of
     the comma-separated values), ``"numeric"`` (float).
 
     ``alphabet="dna"`` refuses records whose first 1000 letters are under 90 % A/C/G/T/U/N
-    (a protein file); ``alphabet="protein"`` refuses records of 50 or more letters above it.
+    (a protein file); ``alphabet="protein"`` refuses records of 50 or more residues above it.
     ``duplicate_ids`` is ``"error"``, ``"warn"`` or ``"allow"``.
     """
     options = _Options(
@@ -116,7 +116,7 @@ def read_sequences(
         sequence_column=sequence_column,
         label_column=label_column,
         id_column=id_column,
-        header=header,
+        header=_check_choice("header", header, (None, True, False, "sklearn")),
         label_from=label_from,
         label_type=_check_choice("label_type", label_type, (*LABEL_TYPES, None)),
         alphabet=_check_choice("alphabet", alphabet, ("dna", "protein", None)),
@@ -133,7 +133,9 @@ def read_sequences(
     options.header_label = None if label_from is None else _header_label_parser(label_from)
     if labels_file is not None:
         options.sidecar = _read_label_table(
-            Path(labels_file), id_column or "id", label_column or "label"
+            Path(labels_file),
+            "id" if id_column is None else id_column,
+            "label" if label_column is None else label_column,
         )
         options.sidecar_path = Path(labels_file)
     return _records(options)
@@ -187,7 +189,7 @@ class DuplicateReport:
 def find_duplicates(records: Iterable[SequenceRecord]) -> DuplicateReport:
     """Group the records by exact sequence (case-sensitive) and report repeated ones.
 
-    Holds every distinct sequence in memory: meant for labelled fine-tuning sets.
+    Holds every record (sequence, id, label) in memory: meant for labelled fine-tuning sets.
     """
     return _duplicate_report({"": records}, min_splits=1)
 
@@ -230,7 +232,7 @@ class _Options:
     id_column: str | int | None
     header: bool | Literal["sklearn"] | None
     label_from: str | None
-    label_type: str
+    label_type: str | None
     alphabet: str | None
     duplicate_ids: str
     format: Format = "fasta"
@@ -394,7 +396,15 @@ def _io_errors(path: Path, line: Callable[[], int]) -> Iterator[None]:
             line=line(),
             fix="download or copy the file again, and check it with 'gzip -t'",
         ) from None
-    except (csv.Error, ValueError) as error:
+    except csv.Error as error:
+        raise InputError(
+            f"not valid CSV/TSV ({error})",
+            path=path,
+            line=line(),
+            fix=f"check the quoting around that line; sequences over {csv.field_size_limit()} "
+            "characters belong in a FASTA file",
+        ) from None
+    except ValueError as error:
         raise InputError(
             f"unreadable content ({error})",
             path=path,
@@ -410,7 +420,7 @@ def _io_errors(path: Path, line: Callable[[], int]) -> Iterator[None]:
         ) from None
 
 
-# Readers: each yields (id, sequence, raw label or None, line) from one format
+# Readers: each yields (id, sequence, header line or label field, line) from one format
 
 
 def _records(options: _Options) -> Iterator[SequenceRecord]:
@@ -544,6 +554,14 @@ class _Table:
                     fix="pass sequence_column= the column holding the sequences, or "
                     "header=False if the file has no header line",
                 )
+        if mode == "sklearn" and not _is_sklearn_header(names):
+            raise InputError(
+                f"header='sklearn', but the first line {names} is not "
+                "'n_samples,n_features[,names...]'",
+                path=options.path,
+                line=line,
+                fix="pass header=True (column names), header=False (none) or leave it None",
+            )
         if mode is True:
             column = _NamedColumns(names, options.path, line)
         else:

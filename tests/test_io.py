@@ -356,6 +356,12 @@ def test_sklearn_header_row_count_checked(tmp_path: Path) -> None:
     path = write(tmp_path / "s.csv", "3,1,neg,pos\nAC, 1\nGT, 0\n")
     refused(path, "declares 3 rows, but the file has 2")
     assert len(read(write(tmp_path / "ok.csv", "2,1,neg,pos\nAC, 1\nGT, 0\n"))) == 2
+    refused(write(tmp_path / "n.csv", "AC,1\n"), "line 1", "not 'n_samples", header="sklearn")
+
+
+def test_csv_field_too_large(tmp_path: Path) -> None:
+    path = write(tmp_path / "big.csv", f"sequence,label\nAC,1\n{'A' * 140_000},0\n")
+    refused(path, "line 3", "field larger than field limit", "FASTA")
 
 
 def test_malformed_fastq(tmp_path: Path) -> None:
@@ -378,6 +384,17 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
             read(path, **options)
     with pytest.raises(ConfigError, match="label_column"):
         read(write(tmp_path / "x.csv", "sequence\nAC\n"), label_from="key:a")
+
+
+def test_bad_inputs_table_names_existing_tests(repo_root: Path) -> None:
+    table = (repo_root / "docs" / "bad-inputs.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")]
+    header, *cases = [[cell.strip() for cell in row] for row in rows]
+    assert header == ["case", "input", "behaviour", "message", "test"]
+    assert len({case[0] for case in cases}) == len(cases)
+    for case in cases:
+        assert case[2] in ("accepted", "refused"), case
+        assert callable(globals().get(case[4])), case
 
 
 # Properties
