@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from biotransformer.errors import ConfigError
 
@@ -183,3 +188,297 @@ PRESETS: dict[str, dict[str, Any]] = {
     "protein-t30-150M": _esm2_like(30, 640, 20, 1026),
     "protein-t33-650M": _esm2_like(33, 1280, 20, 1026),
 }
+
+
+# Run configuration: the YAML files in recipes/configs map 1:1 onto these dataclasses.
+
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class DataConfig:
+    """Where the pretraining data comes from and how it is batched and masked.
+
+    Either ``train_files`` (FASTA inputs, prepared into ``<output_dir>/data`` on first use) or
+    ``shard_dir`` (shards written earlier by ``biotransformer prepare``) names the corpus.
+    ``tokenizer`` is a spec (``dna``, ``dna-kmer:k=6``, ``dna-bpe:vocab=4096``, ``protein``);
+    with ``shard_dir`` it may be null (the shards' own tokenizer is used). Long records are cut
+    into windows of ``window_tokens`` tokens, ``stride`` tokens apart (default: no overlap).
+    ``max_length`` crops sequences (special tokens included); ``max_tokens`` is the padded
+    token budget of one micro-batch on one process. ``span_length`` null means the masking
+    default: spans of ``2k - 1`` for overlapping k-mers, single tokens otherwise.
+    """
+
+    train_files: list[str] = dataclasses.field(default_factory=list)
+    shard_dir: str | None = None
+    tokenizer: str | None = "dna"
+    window_tokens: int = 1022
+    stride: int | None = None
+    valid_fraction: float = 0.01
+    max_length: int = 1024
+    max_tokens: int = 16384
+    mask_rate: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    span_length: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad field."""
+        if not self.train_files and self.shard_dir is None:
+            raise ConfigError("data.train_files or data.shard_dir must name the training data")
+        if self.train_files and self.shard_dir is not None:
+            raise ConfigError("set only one of data.train_files and data.shard_dir")
+        if self.tokenizer is None and self.shard_dir is None:
+            raise ConfigError("data.tokenizer may be null only with data.shard_dir")
+        for name in ("max_tokens", "max_length", "window_tokens"):
+            _require(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), ">= 1")
+        for name in ("stride", "span_length"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"data.{name}", value, ">= 1 (or null)")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _require(
+            0.0 <= self.valid_fraction < 1.0,
+            "data.valid_fraction",
+            self.valid_fraction,
+            "in [0, 1)",
+        )
+        _require(0.0 < self.mask_rate < 1.0, "data.mask_rate", self.mask_rate, "in (0, 1)")
+        _require(
+            self.mask_token_rate >= 0
+            and self.random_token_rate >= 0
+            and self.mask_token_rate + self.random_token_rate <= 1.0,
+            "data.mask_token_rate + data.random_token_rate",
+            self.mask_token_rate + self.random_token_rate,
+            "in [0, 1]",
+        )
+        if self.max_length > self.max_tokens:
+            raise ConfigError(
+                f"data.max_length = {self.max_length} exceeds data.max_tokens = "
+                f"{self.max_tokens}: a batch must hold at least one sequence"
+            )
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, checkpointing and logging of one training run.
+
+    ``max_steps`` counts optimizer steps; one step takes ``gradient_accumulation_steps``
+    micro-batches on every process. ``save_every``, ``eval_every`` and ``log_every`` are in
+    optimizer steps (0 turns eval or saving off; the last step is always evaluated and saved).
+    """
+
+    output_dir: str = "runs/pretrain"
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    max_steps: int = 1000
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    save_every: int = 500
+    keep_last: int = 2
+    eval_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad field."""
+        _require(self.lr > 0, "training.lr", self.lr, "> 0")
+        _require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
+        _require(
+            len(self.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.betas),
+            "training.betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
+        for name in ("max_steps", "gradient_accumulation_steps", "log_every", "keep_last"):
+            _require(getattr(self, name) >= 1, f"training.{name}", getattr(self, name), ">= 1")
+        for name in ("warmup_steps", "save_every", "eval_every"):
+            _require(getattr(self, name) >= 0, f"training.{name}", getattr(self, name), ">= 0")
+        _require(
+            0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", self.min_lr_ratio, "in [0, 1]"
+        )
+        if self.max_grad_norm is not None:
+            _require(
+                self.max_grad_norm > 0,
+                "training.max_grad_norm",
+                self.max_grad_norm,
+                "> 0 (or null for no clipping)",
+            )
+        for name, choices in (("schedule", SCHEDULES), ("mixed_precision", MIXED_PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"training.{name} = {getattr(self, name)!r} is not one of {list(choices)}"
+                )
+
+
+@dataclass
+class RunConfig:
+    """A whole run: ``model`` (a preset name and/or ModelConfig fields), ``data``, ``training``.
+
+    ``model`` stays a mapping until the tokenizer is known, because the vocabulary size and
+    the padding id come from the tokenizer: see ``model_config``.
+    """
+
+    model: dict[str, Any]
+    data: DataConfig
+    training: TrainingConfig
+
+    def model_config(self, *, vocab_size: int, pad_id: int | None) -> ModelConfig:
+        """The ModelConfig of this run for a tokenizer with this vocabulary and padding id."""
+        fields = {key: value for key, value in self.model.items() if key != "preset"}
+        fields.update(vocab_size=vocab_size, pad_id=pad_id)
+        preset = self.model.get("preset")
+        if preset is None:
+            return ModelConfig.from_dict(fields)
+        return ModelConfig.from_preset(preset, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A YAML-ready dict that ``run_config_from_dict`` turns back into an equal config."""
+        return {
+            "model": dict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "training": dataclasses.asdict(self.training),
+        }
+
+
+RUN_SECTIONS: dict[str, type] = {"data": DataConfig, "training": TrainingConfig}
+_PLACEHOLDER_VOCAB = 4096
+
+
+def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig; unknown keys are errors naming the closest valid key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a run config is a mapping of sections, not {type(values).__name__}")
+    sections = ["model", *RUN_SECTIONS]
+    for key in values:
+        if key not in sections:
+            raise ConfigError(f"unknown config section {key!r}{_suggest(key, sections)}")
+    model = _model_section(values.get("model") or {})
+    data = _section_from_dict(DataConfig, "data", values.get("data") or {})
+    training = _section_from_dict(TrainingConfig, "training", values.get("training") or {})
+    config = RunConfig(model=model, data=data, training=training)
+    model_length = config.model_config(vocab_size=_PLACEHOLDER_VOCAB, pad_id=0).max_length
+    if data.max_length > model_length:
+        raise ConfigError(
+            f"data.max_length = {data.max_length} exceeds the model's max_length = "
+            f"{model_length}. Fix: lower data.max_length or set model.max_length"
+        )
+    return config
+
+
+def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    for override in overrides:
+        _apply_override(values, override)
+    return run_config_from_dict(values)
+
+
+def _apply_override(values: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"override {override!r} is not of the form section.key=value (e.g. training.lr=3e-4)"
+        )
+    section, name = parts
+    if not isinstance(values.setdefault(section, {}), dict):
+        values[section] = {}
+    values[section][name] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _model_section(values: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise ConfigError("the model section must be a mapping of ModelConfig fields")
+    known = ["preset", *(field.name for field in dataclasses.fields(ModelConfig))]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown key model.{key}{_suggest(key, known)}")
+    for key in ("vocab_size", "pad_id"):
+        if key in values:
+            raise ConfigError(f"model.{key} comes from the tokenizer: remove it from the config")
+    model = {key: _coerce_float(value, ModelConfig, key) for key, value in values.items()}
+    return model
+
+
+def _section_from_dict(cls: type, section: str, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"the {section} section must be a mapping, not {values!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"unknown key {section}.{key}{_suggest(key, list(fields))}")
+    converted = {}
+    for key, value in values.items():
+        value = _coerce_float(value, cls, key)
+        _check_run_type(f"{section}.{key}", value, str(fields[key].type))
+        converted[key] = value
+    config = cls(**converted)
+    config.validate()
+    return config
+
+
+def _coerce_float(value: Any, cls: type, key: str) -> Any:
+    """YAML reads ``3e-4`` as a string; accept it where the field is a float."""
+    annotation = {field.name: str(field.type) for field in dataclasses.fields(cls)}.get(key, "")
+    if annotation == "list[float]" and isinstance(value, list):
+        return [_to_float(item) for item in value]
+    return _to_float(value) if "float" in annotation else value
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _check_run_type(name: str, value: Any, annotation: str) -> None:
+    if annotation.startswith("list["):
+        item_type = annotation[len("list[") : -1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} = {value!r} must be a list of {item_type}")
+        for item in value:
+            _check_run_type(name, item, item_type)
+        return
+    allowed = [part.strip() for part in annotation.split("|")]
+    if value is None and "None" in allowed:
+        return
+    if "bool" in allowed:
+        ok = isinstance(value, bool)
+    elif "int" in allowed:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif "float" in allowed:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(
+            f"{name} = {value!r} has type {type(value).__name__}, expected {annotation}"
+        )
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    """`` (did you mean 'lr'?)``, or the list of valid keys when none is close."""
+    return _did_you_mean(key, known) or f"; valid keys: {', '.join(known)}"
+
+
+def _require(ok: bool, name: str, value: Any, condition: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} = {value!r} must be {condition}")
