@@ -161,8 +161,8 @@ def _is_sha256(value: Any) -> bool:
 
 
 def cards_folder() -> Traversable:
-    """Where the cards live: ``biotransformer/dataset_cards`` in a wheel, else ``datasets/``."""
-    packaged = importlib.resources.files("biotransformer") / "dataset_cards"
+    """Where the cards live: ``biotransformer/cards`` in a wheel, else ``datasets/``."""
+    packaged = importlib.resources.files("biotransformer") / "cards"
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parents[1] / "datasets"
