@@ -32,6 +32,8 @@ from biotransformer.metrics import one_vs_rest
 PathLike = str | os.PathLike[str]
 DPI = 100
 MAX_TICK_LABELS = 40
+METRIC_MARKERS = "s^vD<>ph"
+METRIC_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same bytes everywhere
 
 
@@ -95,8 +97,15 @@ def plot_training_curves(
     metric_keys = _validation_keys(log_records)
     if metric_keys:
         metric_axes = loss_axes.twinx()
-        for key, marker in zip(metric_keys, "s^vD<>ph", strict=False):
-            metric_axes.plot(*_series(log_records, key), marker, label=key, markerfacecolor="none")
+        for index, key in enumerate(metric_keys):
+            metric_axes.plot(
+                *_series(log_records, key),
+                linestyle="none",
+                marker=METRIC_MARKERS[index % len(METRIC_MARKERS)],
+                color=METRIC_COLOURS[index % len(METRIC_COLOURS)],
+                markerfacecolor="none",
+                label=key,
+            )
         metric_axes.set_ylabel("validation metric")
         more_handles, more_names = metric_axes.get_legend_handles_labels()
         handles, names = handles + more_handles, names + more_names
