@@ -261,3 +261,29 @@ def test_real_genome_and_proteins(shared_data, tmp_path):
     assert summary.split_by == "records" and summary.sequences["valid"] > 50
     dataset = ShardDataset(tmp_path / "p", "valid", max_length=256)
     assert dataset.tokenizer == protein and max(dataset.lengths) <= 256
+
+
+def test_cli_prepare_writes_shards_and_reports_json(tmp_path, capsys):
+    from biotransformer.cli import main
+
+    fasta = _write_fasta(tmp_path / "g.fa", {"g": "ACGT" * 500})
+    out = tmp_path / "out"
+    assert main(["prepare", str(fasta), "--tokenizer", "dna", "--out", str(out), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequences"]["train"] == 2
+    assert (
+        main(
+            [
+                "prepare",
+                str(fasta),
+                "--tokenizer",
+                "dna",
+                "--out",
+                str(out),
+                "--window-tokens",
+                "100",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "--force" in capsys.readouterr().err
