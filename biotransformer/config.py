@@ -32,6 +32,13 @@ class ModelConfig:
     accepts; it sizes the position table for ``learned`` and ``sinusoidal`` encodings.
     ``ffn_size`` is the feed-forward hidden width (the width of each gate for ``swiglu``).
     ``pad_id`` is the padding token, whose embedding is kept at zero.
+
+    Options that reproduce ESM-2 and Nucleotide Transformer checkpoints exactly (see
+    docs/models.md): ``token_dropout`` zeroes the embeddings of ``mask_id`` tokens and rescales
+    the others by ``(1 - token_dropout_ratio) / (1 - observed mask ratio)``;
+    ``embedding_layer_norm`` normalises the embeddings before the first block;
+    ``position_offset`` shifts ``learned`` positions so that token ``t`` reads row
+    ``position_offset + t`` (ESM: ``pad_id + 1``).
     """
 
     vocab_size: int
@@ -52,6 +59,11 @@ class ModelConfig:
     rotary_base: float = 10000.0
     initializer_range: float = 0.02
     gradient_checkpointing: bool = False
+    mask_id: int | None = None
+    token_dropout: bool = False
+    token_dropout_ratio: float = 0.12
+    embedding_layer_norm: bool = False
+    position_offset: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +117,24 @@ class ModelConfig:
         for name in ("layer_norm_eps", "rotary_base", "initializer_range"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ModelConfig.{name} = {getattr(self, name)} must be > 0")
+        if self.mask_id is not None and not 0 <= self.mask_id < self.vocab_size:
+            raise ConfigError(
+                f"ModelConfig.mask_id = {self.mask_id} is outside the vocabulary "
+                f"(vocab_size = {self.vocab_size})"
+            )
+        if self.token_dropout and self.mask_id is None:
+            raise ConfigError("ModelConfig.token_dropout = True needs mask_id, the <mask> token id")
+        if not 0.0 <= self.token_dropout_ratio < 1.0:
+            raise ConfigError(
+                f"ModelConfig.token_dropout_ratio = {self.token_dropout_ratio} must be in [0, 1)"
+            )
+        if self.position_offset < 0:
+            raise ConfigError(f"ModelConfig.position_offset = {self.position_offset} must be >= 0")
+        if self.position_offset and self.position != "learned":
+            raise ConfigError(
+                f"ModelConfig.position_offset = {self.position_offset} applies to learned "
+                f"positions only, not position = {self.position!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

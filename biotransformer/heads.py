@@ -36,6 +36,7 @@ FORMAT_VERSION = 1
 IGNORE_INDEX = -100
 POOLINGS = ("cls", "mean", "max", "attention")
 PROBLEM_TYPES = ("single_label", "multi_label")
+CLASSIFIERS = ("linear", "esm")
 
 
 @dataclass
@@ -85,13 +86,16 @@ class MaskedLMHeadConfig(HeadConfig):
 class LabelHeadConfig(HeadConfig):
     """Options of a classifier: ``num_labels`` (or inferred from ``label2id``), the label
     vocabulary, ``pooling`` (sequence heads), and ``class_weights``: per-class weights of the
-    cross-entropy for ``single_label``, the ``pos_weight`` of the BCE for ``multi_label``."""
+    cross-entropy for ``single_label``, the ``pos_weight`` of the BCE for ``multi_label``.
+    ``classifier``: ``linear`` (dropout -> linear) or ``esm`` (dropout -> dense -> tanh ->
+    dropout -> linear, ESM's and RoBERTa's head; sequence heads only)."""
 
     num_labels: int | None = None
     problem_type: str = "single_label"
     pooling: str = "cls"
     label2id: dict[str, int] | None = None
     class_weights: list[float] | None = None
+    classifier: str = "linear"
 
     def __post_init__(self) -> None:
         if self.num_labels is None:
@@ -111,6 +115,8 @@ class LabelHeadConfig(HeadConfig):
             )
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling = {self.pooling!r} is not one of {list(POOLINGS)}")
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError(f"classifier = {self.classifier!r} is not one of {list(CLASSIFIERS)}")
         if self.label2id is not None and sorted(self.label2id.values()) != list(
             range(self.num_labels)
         ):
@@ -354,6 +360,9 @@ class SequenceClassifier(BioTransformerModel):
         head_config = self.head_config
         self.pooler = Pooler(head_config.pooling, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
+        if head_config.classifier == "esm":
+            self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+            init_weights(self.dense, config.initializer_range)
         self.classifier = nn.Linear(config.hidden_size, head_config.num_labels)  # type: ignore[arg-type]
         self.register_buffer("class_weights", _class_weights(head_config), persistent=False)
         init_weights(self.pooler, config.initializer_range)
@@ -369,8 +378,10 @@ class SequenceClassifier(BioTransformerModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         encoded = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
-        pooled = self.pooler(encoded.last_hidden_state, attention_mask)  # (B, C)
-        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        pooled = self.dropout(self.pooler(encoded.last_hidden_state, attention_mask))  # (B, C)
+        if self.head_config.classifier == "esm":
+            pooled = self.dropout(torch.tanh(self.dense(pooled)))
+        logits = self.classifier(pooled)  # (B, num_labels)
         output = ModelOutput(
             logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
         )
@@ -458,6 +469,8 @@ class TokenClassifier(BioTransformerModel):
         head_config = self.head_config
         if head_config.problem_type != "single_label":
             raise ConfigError("TokenClassifier supports problem_type='single_label' only")
+        if head_config.classifier != "linear":
+            raise ConfigError("TokenClassifier supports classifier='linear' only")
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, head_config.num_labels)  # type: ignore[arg-type]
         self.register_buffer("class_weights", _class_weights(head_config), persistent=False)

@@ -242,7 +242,8 @@ class Encoder(nn.Module):
             config.vocab_size, config.hidden_size, padding_idx=config.pad_id
         )
         if config.position == "learned":
-            self.embed_positions = nn.Embedding(config.max_length, config.hidden_size)
+            rows = config.position_offset + config.max_length
+            self.embed_positions = nn.Embedding(rows, config.hidden_size)
         if config.position == "sinusoidal":
             table = sinusoidal_table(config.max_length, config.hidden_size)
             self.register_buffer("position_table", table, persistent=False)
@@ -250,6 +251,11 @@ class Encoder(nn.Module):
             self.rotary = RotaryEmbedding(config.head_size, config.rotary_base)
         if config.position == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.num_heads), persistent=False)
+        self.embedding_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.embedding_layer_norm
+            else nn.Identity()
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = (
@@ -276,6 +282,28 @@ class Encoder(nn.Module):
             return None
         return attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
 
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings (rescaled by token dropout when configured) plus absolute
+        positions, the optional embedding LayerNorm, padding zeroed (as ESM), then dropout."""
+        config = self.config
+        T = input_ids.size(1)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        if config.token_dropout:
+            is_mask = input_ids == config.mask_id  # (B, T)
+            x = x.masked_fill(is_mask[:, :, None], 0.0)
+            lengths = attention_mask.sum(-1) if attention_mask is not None else T
+            observed = is_mask.sum(-1).to(x.dtype) / lengths  # (B,)
+            x = x * (1 - config.token_dropout_ratio) / (1 - observed)[:, None, None]
+        if config.position == "learned":
+            start = config.position_offset
+            x = x + self.embed_positions.weight[start : start + T]
+        elif config.position == "sinusoidal":
+            x = x + self.position_table[:T].to(x.dtype)
+        x = self.embedding_norm(x)
+        if attention_mask is not None:
+            x = x * attention_mask[:, :, None].to(x.dtype)
+        return self.dropout(x)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -294,12 +322,7 @@ class Encoder(nn.Module):
                 fix="cut sequences into windows of at most max_length tokens, or build a model "
                 "with a larger max_length",
             )
-        x = self.embed_tokens(input_ids)  # (B, T, C)
-        if config.position == "learned":
-            x = x + self.embed_positions.weight[:T]
-        elif config.position == "sinusoidal":
-            x = x + self.position_table[:T].to(x.dtype)
-        x = self.dropout(x)
+        x = self.embed(input_ids, attention_mask)  # (B, T, C)
         rotary = self.rotary(T, x.dtype) if config.position == "rotary" else None
         attn_mask = self.attention_mask_for(attention_mask, T, x.dtype)
 
