@@ -313,7 +313,7 @@ class _ShardWriter:
         self._buffered = 0
 
     def add(self, tokens: np.ndarray, record_id: str, start: int, end: int) -> None:
-        self._tokens.append(tokens.astype(self.dtype, copy=False))
+        self._tokens.append(tokens)
         self._lengths.append(len(tokens))
         self._ids.append(record_id)
         self._starts.append(start)
@@ -343,7 +343,7 @@ class _ShardWriter:
         if self._file is None:
             self._file = self._open()
         handle = self._file
-        tokens = np.concatenate(self._tokens)
+        tokens = np.concatenate(self._tokens).astype(self.dtype)
         offsets = handle["offsets"]
         base = int(offsets[-1])
         new_offsets = base + np.cumsum(self._lengths, dtype=np.int64)
