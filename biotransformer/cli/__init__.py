@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from biotransformer import __version__
 from biotransformer.errors import BioTransformerError
 
-COMMAND_MODULES: tuple[str, ...] = ("datasets",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "datasets",
+    "prepare",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
