@@ -248,10 +248,11 @@ def _ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Tokens:
-    """Flat content tokens of a batch: ``ids``, ``counts`` per row, and ``spans()`` on demand.
+    """Flat content tokens of a batch: ``ids + shift``, ``counts`` per row, ``spans()``.
 
-    ``spans()`` returns the start and end of each token in the batch buffer; it is computed
-    only when offsets are asked for.
+    ``ids`` may be a narrow dtype with the constant ``shift`` added only when the ids are
+    written to the output, saving a pass. ``spans()`` returns the start and end of each token
+    in the batch buffer; it is computed only when offsets are asked for.
     """
 
     def __init__(
@@ -259,8 +260,9 @@ class _Tokens:
         ids: np.ndarray,
         counts: np.ndarray,
         spans: Callable[[], tuple[np.ndarray, np.ndarray]],
+        shift: int = 0,
     ) -> None:
-        self.ids, self.counts, self.spans = ids, counts, spans
+        self.ids, self.counts, self.spans, self.shift = ids, counts, spans, shift
 
 
 class _Letters:
@@ -302,8 +304,12 @@ class _Kmers:
         n_tail = unit_lengths - tail_start
         if s == 1 and not runs and not n_tail.any():  # the common case: only k-mers
             valid = self._kmer_starts(bounds, codes.size)
-            ids = self._kmer_ids(codes, ambiguous, valid)
-            return _Tokens(ids, n_kmers, lambda: (np.flatnonzero(valid), np.flatnonzero(valid) + k))
+            spans = lambda: (np.flatnonzero(valid), np.flatnonzero(valid) + k)  # noqa: E731
+            if ambiguous.any():
+                return _Tokens(self._kmer_ids(codes, ambiguous, valid), n_kmers, spans)
+            if not valid.size:
+                return _Tokens(np.zeros(0, np.int64), n_kmers, spans)
+            return _Tokens(_rolling_codes(codes, k)[valid], n_kmers, spans, self.first_kmer)
         if self.tail == "drop":
             n_tail = np.where(lone, n_tail, 0)
         per_unit = n_kmers + n_tail
@@ -610,7 +616,7 @@ class Tokenizer:
         cls = int(add_special_tokens and self.add_cls)
         eos = int(add_special_tokens and self.add_eos)
         limit = self.max_length if max_length is None else max_length
-        ids, counts = tokens.ids, tokens.counts
+        ids, counts, shift = tokens.ids, tokens.counts, tokens.shift
         keep = None
         if limit is not None and counts.size and counts.max() > limit - cls - eos:
             room = limit - cls - eos
@@ -630,14 +636,18 @@ class Tokenizer:
         if cls:
             input_ids[:, 0] = self.cls_id
         if counts.size and counts.min() == counts.max():
-            input_ids[:, cls : cls + counts[0]] = ids.reshape(counts.size, int(counts[0]))
+            rows = ids.reshape(counts.size, int(counts[0]))
+            np.add(rows, shift, out=input_ids[:, cls : cls + counts[0]], dtype=np.int64)
         else:
             content = input_ids[:, cls:]
-            content[np.arange(width - cls)[None, :] < counts[:, None]] = ids
+            content[np.arange(width - cls)[None, :] < counts[:, None]] = np.add(
+                ids, shift, dtype=np.int64
+            )
         if eos:
             input_ids[np.arange(counts.size), counts + cls] = self.eos_id
         total = counts + cls + eos
-        attention_mask = (np.arange(width)[None, :] < total[:, None]).astype(np.int64)
+        attention_mask = np.empty_like(input_ids)
+        np.less(np.arange(width)[None, :], total[:, None], out=attention_mask, casting="unsafe")
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if return_offsets:
             batch["offsets"] = self._offsets(tokens, keep, counts, bounds, cls, eos)

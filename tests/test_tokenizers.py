@@ -353,3 +353,11 @@ def test_bpe_reloads_to_identical_encodings(bpe, tmp_path):
         assert [tok.tokens[i] for i in row[1 : len(spans)]] == [
             seq[a:b].upper() for a, b in spans[1:]
         ]
+
+
+def test_largest_kmer_ids_survive_ragged_batches():
+    tok = Tokenizer.from_spec("dna-kmer:k=8")
+    batch = tok.encode_batch(["T" * 8, "T" * 9])
+    top = kmer_id("T" * 8)
+    assert top == 65540 == tok.vocab_size - 16
+    assert batch["input_ids"].tolist() == [[CLS, top, 0], [CLS, top, top]]

@@ -1,0 +1,77 @@
+"""Each benchmark script runs end to end at tiny sizes and writes the JSON it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_tokenize_benchmark_smoke(repo_root, tmp_path):
+    out = tmp_path / "tokenize.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmarks" / "tokenize.py"),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = json.loads(out.read_text())
+    assert {"date", "machine", "versions", "figures", "ratios", "targets"} <= set(result)
+    assert set(result["figures"]) == {"protein_101", "protein_2k", "kmer6_101", "kmer6_2k"}
+    assert result["figures"]["kmer6_101"]["biotransformer_per_s"] > 0
+    assert set(result["targets"]) == {
+        "protein_101_per_s",
+        "kmer6_101_per_s",
+        "protein_101_vs_esm",
+        "kmer6_101_vs_python",
+    }
+
+
+def test_prepare_benchmark_smoke(repo_root, tmp_path):
+    out = tmp_path / "prepare.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmarks" / "prepare.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--tmp",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = json.loads(out.read_text())
+    assert {"date", "machine", "versions", "figures", "targets", "all_targets_met"} <= set(result)
+    assert set(result["figures"]) == {"many_1mbp_records", "one_250mbp_record"}
+    for figure in result["figures"].values():
+        assert figure["mbp_per_s"] > 0 and 0 < figure["peak_memory_gib"] < 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bt-prepare-bench-")]
+
+
+def test_padding_benchmark_smoke(repo_root, tmp_path):
+    out = tmp_path / "padding.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmarks" / "padding.py"),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = json.loads(out.read_text())
+    assert {"date", "machine", "versions", "figures", "targets", "all_targets_met"} <= set(result)
+    figures = result["figures"]
+    assert figures["token_budget_real_share"] > figures["random_batches_real_share"] > 0
