@@ -43,6 +43,11 @@ whole run shorter than k) become single-letter tokens, or are dropped with ``tai
 An internal ``*`` in a protein and any character without a token raise ``InputError`` naming
 the character and its 1-based position.
 
+Vocabulary: ``Tokenizer.from_spec(spec, vocabulary=tokens)`` keeps the scheme's segmentation
+but numbers tokens as in ``tokens`` (a checkpoint's ``vocab.txt``, e.g. Nucleotide
+Transformer's ``<unk> <pad> <mask> <cls> ...`` then its 6-mers): scheme tokens missing from it
+read ``<unk>``, and its tokens outside the scheme are special (never produced, never masked).
+
 Offsets: ``encode_batch(..., return_offsets=True)`` gives for each sequence an ``(n, 2)``
 array of ``[start, end)`` spans in the input string, one row per token; ``<cls>`` and
 ``<eos>`` get ``(-1, -1)``.
@@ -435,7 +440,13 @@ def read_fasta_sequences(paths: Iterable[str | os.PathLike[str]]) -> Iterator[st
 class Tokenizer:
     """A token scheme: letters -> ids with its own special tokens; see the module docstring."""
 
-    def __init__(self, scheme: str, options: dict[str, Any], bpe_model: str | None = None) -> None:
+    def __init__(
+        self,
+        scheme: str,
+        options: dict[str, Any],
+        bpe_model: str | None = None,
+        vocabulary: Sequence[str] | None = None,
+    ) -> None:
         self.scheme = scheme
         self.options = dict(options)
         self.spec = canonical_spec(scheme, options)
@@ -466,6 +477,29 @@ class Tokenizer:
         unknown_letter = "X" if scheme == "protein" else "N"
         shown = {t: "" for t in specials} | {"<unk>": unknown_letter, "<mask>": unknown_letter}
         self._text = np.array([shown.get(t, t) for t in self.tokens], dtype=object)
+        self.vocabulary: list[str] | None = None
+        self._to_vocab: np.ndarray | None = None
+        if vocabulary is not None:
+            self._renumber(list(vocabulary), specials)
+
+    def _renumber(self, vocabulary: list[str], specials: Sequence[str]) -> None:
+        """Give the scheme's tokens the ids they have in ``vocabulary`` (a checkpoint's own
+        token list): scheme tokens it lacks read ``<unk>``, its extra tokens are specials."""
+        index = {token: i for i, token in enumerate(vocabulary)}
+        if len(index) != len(vocabulary):
+            raise ConfigError("the vocabulary lists a token twice")
+        missing = [token for token in DNA_SPECIALS if token not in index]
+        if missing:
+            raise ConfigError(f"the vocabulary lacks the special tokens {missing}")
+        self._to_vocab = np.array([index.get(t, index["<unk>"]) for t in self.tokens], np.int64)
+        own = {token: i for i, token in enumerate(self.tokens)}
+        self._from_vocab = np.array([own.get(token, -1) for token in vocabulary], np.int64)
+        extra = [index[token] for token in vocabulary if token not in own]
+        named = [index[token] for token in specials if token in index]
+        self.special_ids = tuple(sorted(named + extra))
+        self.pad_id, self.unk_id = index["<pad>"], index["<unk>"]
+        self.cls_id, self.eos_id, self.mask_id = index["<cls>"], index["<eos>"], index["<mask>"]
+        self.tokens = self.vocabulary = vocabulary
 
     # --- construction per scheme
 
@@ -528,13 +562,15 @@ class Tokenizer:
         *,
         train_files: Iterable[str | os.PathLike[str]] | None = None,
         train_sequences: Iterable[str] | None = None,
+        vocabulary: Sequence[str] | None = None,
     ) -> Tokenizer:
-        """Build a scheme from its spec; ``dna-bpe`` trains on FASTA files or sequences."""
+        """Build a scheme from its spec; ``dna-bpe`` trains on FASTA files or sequences.
+        ``vocabulary`` renumbers the scheme's tokens to a checkpoint's own ids."""
         scheme, options = parse_spec(spec)
         if scheme != "dna-bpe":
             if train_files is not None or train_sequences is not None:
                 raise ConfigError(f"{scheme} is not trained: drop train_files/train_sequences")
-            return cls(scheme, options)
+            return cls(scheme, options, vocabulary=vocabulary)
         if train_files is None and train_sequences is None:
             raise ConfigError("dna-bpe must be trained: pass train_files=[FASTA paths]")
         sources: list[Iterable[str]] = []
@@ -544,7 +580,8 @@ class Tokenizer:
             sources.append(train_sequences)
         checker = cls("dna", {key: options[key] for key in OPTIONS["dna"]})
         clean = (checker.normalize(seq) for source in sources for seq in source)
-        return cls(scheme, options, bpe_model=train_bpe(clean, options["vocab"]))
+        bpe_model = train_bpe(clean, options["vocab"])
+        return cls(scheme, options, bpe_model=bpe_model, vocabulary=vocabulary)
 
     @property
     def vocab_size(self) -> int:
@@ -617,6 +654,8 @@ class Tokenizer:
         eos = int(add_special_tokens and self.add_eos)
         limit = self.max_length if max_length is None else max_length
         ids, counts, shift = tokens.ids, tokens.counts, tokens.shift
+        if self._to_vocab is not None:
+            ids, shift = self._to_vocab[ids.astype(np.int64) + shift], 0
         keep = None
         if limit is not None and counts.size and counts.max() > limit - cls - eos:
             room = limit - cls - eos
@@ -693,6 +732,9 @@ class Tokenizer:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise InputError(f"token ids must be in 0..{self.vocab_size - 1}")
         ids = ids[~np.isin(ids, (self.pad_id, self.cls_id, self.eos_id))]
+        if self._to_vocab is not None:
+            ids = self._from_vocab[ids]
+            ids = ids[ids >= 0]
         if self.scheme != "dna-kmer" or self.k == 1:
             return "".join(self._text[ids])
         return self._decode_kmers(ids)
@@ -735,6 +777,8 @@ class Tokenizer:
         }
         if self.bpe_model is not None:
             data["bpe_model"] = self.bpe_model
+        if self.vocabulary is not None:
+            data["vocabulary"] = self.vocabulary
         return data
 
     @classmethod
@@ -746,7 +790,9 @@ class Tokenizer:
                 f"{data.get('format')!r} version={data.get('format_version')!r}"
             )
         scheme, options = parse_spec(data["spec"])
-        tokenizer = cls(scheme, options, bpe_model=data.get("bpe_model"))
+        tokenizer = cls(
+            scheme, options, bpe_model=data.get("bpe_model"), vocabulary=data.get("vocabulary")
+        )
         if tokenizer.tokens != data.get("tokens"):
             raise ConfigError(f"stored tokens do not match scheme {data['spec']!r}")
         return tokenizer

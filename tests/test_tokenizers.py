@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import warnings
 
@@ -361,3 +362,19 @@ def test_largest_kmer_ids_survive_ragged_batches():
     top = kmer_id("T" * 8)
     assert top == 65540 == tok.vocab_size - 16
     assert batch["input_ids"].tolist() == [[CLS, top, 0], [CLS, top, top]]
+
+
+def test_vocabulary_renumbers_a_scheme_to_a_checkpoints_ids(tmp_path):
+    kmers = ["".join(pair) for pair in itertools.product("ATCG", repeat=2)]
+    vocab = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>", *kmers, "A", "T", "C", "G", "N"]
+    spec = "dna-kmer:k=2,stride=2,ambiguous=fallback,eos=false"
+    tok = Tokenizer.from_spec(spec, vocabulary=vocab)
+    assert (tok.unk_id, tok.pad_id, tok.mask_id, tok.cls_id, tok.eos_id) == (0, 1, 2, 3, 4)
+    assert tok.vocab_size == len(vocab) and tok.special_ids == (0, 1, 2, 3, 4, 5)
+    batch = tok.encode_batch(["ATCGANRTG", "GG"])
+    expected = [3, *(vocab.index(t) for t in ("AT", "CG", "A", "N", "<unk>", "TG"))]
+    assert batch["input_ids"].tolist() == [expected, [3, vocab.index("GG"), 1, 1, 1, 1, 1]]
+    assert tok.decode(batch["input_ids"][0]) == "ATCGANNNTG"  # <unk> reads as a k-mer of N
+    assert Tokenizer.load(tok.save(tmp_path)) == tok
+    with pytest.raises(ConfigError, match="lacks the special tokens"):
+        Tokenizer.from_spec(spec, vocabulary=vocab[1:])
