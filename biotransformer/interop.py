@@ -1,0 +1,459 @@
+"""Import and export ESM-2 and Nucleotide Transformer checkpoints, from local paths only.
+
+``from_hf`` reads HuggingFace ``EsmForMaskedLM`` / ``EsmForSequenceClassification`` /
+``EsmForTokenClassification`` (a directory or a loaded model), ``from_fair_esm`` a fair-esm
+ESM-2 ``.pt`` file, and ``to_hf`` writes a directory that ``transformers`` loads with its own
+ESM classes. Weights map one to one: ESM's separate query, key and value projections become
+our fused ``qkv``, and every other tensor keeps its shape. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from biotransformer.atomic import atomic_directory
+from biotransformer.config import ModelConfig
+from biotransformer.errors import ConfigError, ModelDirectoryError
+from biotransformer.heads import (
+    BioTransformerModel,
+    LabelHeadConfig,
+    MaskedLM,
+    SequenceClassifier,
+    TokenClassifier,
+)
+from biotransformer.tokenizers import ESM2_TOKENS, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+HF_VOCAB_FILE = "vocab.txt"
+TOKENIZER_COPY = "biotransformer_tokenizer.json"
+ESM_MASK_RATIO_TRAIN = 0.15 * 0.8  # ESM's <mask> share in pretraining, used by token dropout
+HF_CLASSES = {
+    "EsmForMaskedLM": MaskedLM,
+    "EsmForSequenceClassification": SequenceClassifier,
+    "EsmForTokenClassification": TokenClassifier,
+}
+
+
+def require_transformers() -> Any:
+    """The ``transformers`` module, or a ConfigError saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(
+            "importing and exporting HuggingFace checkpoints needs transformers: pip install "
+            '"biotransformer[hf]"'
+        ) from None
+    return transformers
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight names
+# ---------------------------------------------------------------------------------------------
+
+
+def _layer_names(config: ModelConfig, prefix: str, names: dict[str, str]) -> dict[str, list[str]]:
+    """Our key -> the checkpoint keys it is made of, for every block; ``names`` maps our
+    per-block module names (``attn.q``, ``attn.k``... for the fused qkv) onto theirs."""
+    mapping: dict[str, list[str]] = {}
+    for i in range(config.num_layers):
+        ours, theirs = f"encoder.layers.{i}.", f"{prefix}{i}."
+        for kind in ("weight", "bias"):
+            mapping[f"{ours}attn.qkv.{kind}"] = [
+                f"{theirs}{names[part]}.{kind}" for part in ("attn.q", "attn.k", "attn.v")
+            ]
+            for module in ("attn.out", "attn_norm", "ffn_norm", "ffn.up", "ffn.down"):
+                mapping[f"{ours}{module}.{kind}"] = [f"{theirs}{names[module]}.{kind}"]
+    return mapping
+
+
+HF_BLOCK = {
+    "attn.q": "attention.self.query",
+    "attn.k": "attention.self.key",
+    "attn.v": "attention.self.value",
+    "attn.out": "attention.output.dense",
+    "attn_norm": "attention.LayerNorm",
+    "ffn_norm": "LayerNorm",
+    "ffn.up": "intermediate.dense",
+    "ffn.down": "output.dense",
+}
+FAIR_ESM_BLOCK = {
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.out": "self_attn.out_proj",
+    "attn_norm": "self_attn_layer_norm",
+    "ffn_norm": "final_layer_norm",
+    "ffn.up": "fc1",
+    "ffn.down": "fc2",
+}
+
+
+def hf_names(model: BioTransformerModel) -> dict[str, list[str]]:
+    """Our state-dict key -> the HuggingFace ESM keys it is made of (several for qkv)."""
+    config = model.config
+    mapping = {"encoder.embed_tokens.weight": ["esm.embeddings.word_embeddings.weight"]}
+    if config.position == "learned":
+        mapping["encoder.embed_positions.weight"] = ["esm.embeddings.position_embeddings.weight"]
+    for kind in ("weight", "bias"):
+        if config.embedding_layer_norm:
+            mapping[f"encoder.embedding_norm.{kind}"] = [f"esm.embeddings.layer_norm.{kind}"]
+        mapping[f"encoder.final_norm.{kind}"] = [f"esm.encoder.emb_layer_norm_after.{kind}"]
+    mapping.update(_layer_names(config, "esm.encoder.layer.", HF_BLOCK))
+    heads = {
+        MaskedLM: {"lm_head.dense": "lm_head.dense", "lm_head.norm": "lm_head.layer_norm"},
+        SequenceClassifier: {"dense": "classifier.dense", "classifier": "classifier.out_proj"},
+        TokenClassifier: {"classifier": "classifier"},
+    }[type(model)]
+    for ours, theirs in heads.items():
+        for kind in ("weight", "bias"):
+            mapping[f"{ours}.{kind}"] = [f"{theirs}.{kind}"]
+    if isinstance(model, MaskedLM):
+        mapping["lm_head.bias"] = ["lm_head.bias"]
+        if not config.tie_embeddings:
+            mapping["lm_head.decoder.weight"] = ["lm_head.decoder.weight"]
+    return mapping
+
+
+def fair_esm_names(config: ModelConfig) -> dict[str, list[str]]:
+    """Our ``MaskedLM`` key -> fair-esm ``ESM2`` keys (its LM head is tied to the embedding)."""
+    mapping = {
+        "encoder.embed_tokens.weight": ["embed_tokens.weight"],
+        "lm_head.bias": ["lm_head.bias"],
+    }
+    for kind in ("weight", "bias"):
+        mapping[f"encoder.final_norm.{kind}"] = [f"emb_layer_norm_after.{kind}"]
+        mapping[f"lm_head.dense.{kind}"] = [f"lm_head.dense.{kind}"]
+        mapping[f"lm_head.norm.{kind}"] = [f"lm_head.layer_norm.{kind}"]
+    mapping.update(_layer_names(config, "layers.", FAIR_ESM_BLOCK))
+    return mapping
+
+
+def _load_mapped(
+    model: BioTransformerModel, state: dict[str, torch.Tensor], mapping: dict[str, list[str]]
+) -> list[str]:
+    """Fill ``model`` from ``state`` through ``mapping``; every model weight must be found.
+    Returns the checkpoint keys that were not used."""
+    missing = sorted({key for keys in mapping.values() for key in keys} - set(state))
+    if missing:
+        raise ModelDirectoryError(f"the checkpoint lacks {missing[:4]} ({len(missing)} missing)")
+    ours = {k for k in model.state_dict() if k not in model.tied_weight_keys}
+    unmapped = sorted(ours - set(mapping))
+    if unmapped:
+        raise ConfigError(f"no checkpoint weight maps onto {unmapped}")
+    tensors = {key: torch.cat([state[k] for k in keys]) for key, keys in mapping.items()}
+    model.load_state_dict(tensors, strict=False)
+    used = {k for keys in mapping.values() for k in keys}
+    return sorted(set(state) - used)
+
+
+# ---------------------------------------------------------------------------------------------
+# HuggingFace -> ours
+# ---------------------------------------------------------------------------------------------
+
+
+def config_from_hf(hf_config: Any) -> ModelConfig:
+    """The ModelConfig that computes what a HuggingFace ``EsmConfig`` computes."""
+    if getattr(hf_config, "is_folding_model", False) or getattr(hf_config, "is_decoder", False):
+        raise ConfigError("only ESM encoders import (not ESMFold, not decoders)")
+    kind = hf_config.position_embedding_type
+    if kind not in ("rotary", "absolute"):
+        raise ConfigError(f"ESM position_embedding_type {kind!r} has no equivalent here")
+    pad_id = hf_config.pad_token_id
+    if pad_id is None:
+        raise ConfigError("the ESM config has no pad_token_id")
+    absolute = kind == "absolute"
+    offset = pad_id + 1 if absolute else 0
+    return ModelConfig(
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads,
+        ffn_size=hf_config.intermediate_size,
+        dropout=float(hf_config.hidden_dropout_prob or 0.0),
+        attention_dropout=float(hf_config.attention_probs_dropout_prob or 0.0),
+        max_length=hf_config.max_position_embeddings - offset,
+        position="learned" if absolute else "rotary",
+        layer_norm_eps=float(hf_config.layer_norm_eps),
+        tie_embeddings=bool(hf_config.tie_word_embeddings),
+        pad_id=pad_id,
+        rotary_base=float(hf_config.rope_theta),
+        initializer_range=float(hf_config.initializer_range),
+        mask_id=hf_config.mask_token_id,
+        token_dropout=bool(hf_config.token_dropout),
+        token_dropout_ratio=ESM_MASK_RATIO_TRAIN,
+        embedding_layer_norm=bool(hf_config.emb_layer_norm_before),
+        position_offset=offset,
+    )
+
+
+def from_hf(
+    source: str | os.PathLike[str] | Any, *, tokenizer: Tokenizer | None = None
+) -> BioTransformerModel:
+    """Our model equal to a HuggingFace ESM model: a directory or an ``EsmFor...`` instance.
+
+    The tokenizer comes from ``tokenizer``, else the directory (our copy, or ``vocab.txt``:
+    ESM-2's alphabet, or a Nucleotide Transformer 6-mer vocabulary), else ESM-2's alphabet
+    when the vocabulary has its 33 tokens; else the model has none (a warning says so).
+    """
+    transformers = require_transformers()
+    directory = None
+    if isinstance(source, (str, os.PathLike)):
+        directory = Path(source)
+        hf_config = transformers.AutoConfig.from_pretrained(directory)
+        architectures = getattr(hf_config, "architectures", None) or ["EsmForMaskedLM"]
+        name = architectures[0]
+        if name not in HF_CLASSES:
+            raise ConfigError(f"{directory}: {name} is not one of {list(HF_CLASSES)}")
+        hf_model = getattr(transformers, name).from_pretrained(directory)
+    else:
+        hf_model = source
+        name = type(hf_model).__name__
+        if name not in HF_CLASSES:
+            raise ConfigError(f"{name} is not one of {list(HF_CLASSES)}")
+    hf_config = hf_model.config
+    config = config_from_hf(hf_config)
+    model_class = HF_CLASSES[name]
+    if model_class is MaskedLM:
+        model: BioTransformerModel = MaskedLM(config)
+    else:
+        model = model_class(config, _label_head(hf_config, model_class))
+    state = {k: v.detach().cpu() for k, v in hf_model.state_dict().items()}
+    unused = _load_mapped(model, state, hf_names(model))
+    if unused:
+        logger.info("checkpoint weights not imported: %s", unused)
+    model.tokenizer = tokenizer or _hf_tokenizer(directory, config)
+    if model.tokenizer is None:
+        logger.warning("no tokenizer found for this checkpoint: attach one as model.tokenizer")
+    return model.eval()
+
+
+def _label_head(hf_config: Any, model_class: type) -> LabelHeadConfig:
+    multi_label = hf_config.problem_type == "multi_label_classification"
+    if hf_config.problem_type == "regression" or (hf_config.num_labels < 2 and not multi_label):
+        raise ConfigError("ESM regression heads do not import: import the encoder as MaskedLM")
+    label2id = {str(k): int(v) for k, v in hf_config.label2id.items()}
+    if sorted(label2id.values()) != list(range(hf_config.num_labels)):
+        label2id = None
+    return LabelHeadConfig(
+        num_labels=hf_config.num_labels,
+        problem_type="multi_label" if multi_label else "single_label",
+        label2id=label2id,
+        classifier="esm" if model_class is SequenceClassifier else "linear",
+    )
+
+
+def _hf_tokenizer(directory: Path | None, config: ModelConfig) -> Tokenizer | None:
+    if directory is not None and (directory / TOKENIZER_COPY).is_file():
+        return Tokenizer.load(directory / TOKENIZER_COPY)
+    if directory is not None and (directory / HF_VOCAB_FILE).is_file():
+        tokens = (directory / HF_VOCAB_FILE).read_text().split()
+        return tokenizer_from_vocab(tokens)
+    if config.vocab_size == len(ESM2_TOKENS) and config.pad_id == ESM2_TOKENS.index("<pad>"):
+        return Tokenizer.from_spec("protein")
+    return None
+
+
+def tokenizer_from_vocab(tokens: list[str]) -> Tokenizer:
+    """Our tokenizer for a checkpoint's ``vocab.txt``: ESM-2's alphabet, or a Nucleotide
+    Transformer vocabulary (k-mers of ACGT plus single letters, read as non-overlapping
+    k-mers with single-letter fallback) with the checkpoint's own ids."""
+    if tuple(tokens) == ESM2_TOKENS:
+        return Tokenizer.from_spec("protein")
+    kmers = [t for t in tokens if not t.startswith("<") and len(t) > 1]
+    k = len(kmers[0]) if kmers else 0
+    if not kmers or len(kmers) != 4**k or any(len(t) != k or set(t) - set("ACGT") for t in kmers):
+        raise ConfigError(
+            f"{HF_VOCAB_FILE} is neither ESM-2's alphabet nor a Nucleotide Transformer k-mer "
+            "vocabulary: pass tokenizer=... explicitly"
+        )
+    spec = f"dna-kmer:k={k},stride={k},ambiguous=fallback,eos=false"
+    return Tokenizer.from_spec(spec, vocabulary=tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# fair-esm -> ours
+# ---------------------------------------------------------------------------------------------
+
+
+def from_fair_esm(path: str | os.PathLike[str]) -> MaskedLM:
+    """Our ``MaskedLM`` equal to a fair-esm ESM-2 checkpoint file (``esm2_*.pt``).
+
+    The file is read with ``weights_only=True``, allowing only ``argparse.Namespace`` (the
+    type of fair-esm's stored ``cfg``) beyond tensors and containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelDirectoryError(f"{path}: not found. Fix: pass a fair-esm .pt file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelDirectoryError(
+            f"{path}: refused by torch.load(weights_only=True): {error}. Only ESM-2 checkpoints "
+            "storing their cfg as argparse.Namespace or a dict are read"
+        ) from error
+    try:
+        cfg = data["cfg"]["model"]
+        state = data["model"]
+    except (KeyError, TypeError):
+        raise ModelDirectoryError(
+            f"{path}: not a fair-esm ESM-2 checkpoint (no cfg/model)"
+        ) from None
+    cfg = vars(cfg) if isinstance(cfg, argparse.Namespace) else dict(cfg)
+    state = {_strip_fair_esm_prefix(k): v for k, v in state.items()}
+    width = cfg["encoder_embed_dim"]
+    config = ModelConfig(
+        vocab_size=len(ESM2_TOKENS),
+        hidden_size=width,
+        num_layers=cfg["encoder_layers"],
+        num_heads=cfg["encoder_attention_heads"],
+        ffn_size=4 * width,
+        max_length=1026,
+        position="rotary",
+        pad_id=ESM2_TOKENS.index("<pad>"),
+        mask_id=ESM2_TOKENS.index("<mask>"),
+        token_dropout=bool(cfg["token_dropout"]),
+        token_dropout_ratio=ESM_MASK_RATIO_TRAIN,
+    )
+    model = MaskedLM(config)
+    unused = _load_mapped(model, state, fair_esm_names(config))
+    if unused:
+        logger.info("checkpoint weights not imported: %s", unused)
+    model.tokenizer = Tokenizer.from_spec("protein")
+    return model.eval()
+
+
+def _strip_fair_esm_prefix(key: str) -> str:
+    for prefix in ("encoder.sentence_encoder.", "encoder."):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# ours -> HuggingFace
+# ---------------------------------------------------------------------------------------------
+
+
+def hf_blocker(model: BioTransformerModel) -> str | None:
+    """Why ``model`` cannot be written as a HuggingFace ESM model, or None if it can."""
+    config = model.config
+    blockers = {
+        "position": config.position not in ("rotary", "learned"),
+        "norm": config.norm != "pre",
+        "activation": config.activation != "gelu",
+        "bias": not config.bias,
+        "pad_id": config.pad_id is None,
+    }
+    for option, blocked in blockers.items():
+        if blocked:
+            return f"ModelConfig.{option} = {getattr(config, option)!r}"
+    if type(model) not in HF_CLASSES.values():
+        return f"the {type(model).__name__} head"
+    if isinstance(model, SequenceClassifier):
+        head = model.head_config
+        if head.classifier != "esm" or head.pooling != "cls":
+            return (
+                f"classifier = {head.classifier!r} with pooling = {head.pooling!r} (ESM's head is "
+                "classifier='esm' on pooling='cls')"
+            )
+    return None
+
+
+def config_to_hf(model: BioTransformerModel) -> Any:
+    """The HuggingFace ``EsmConfig`` of ``model`` (see ``hf_blocker`` for what cannot be)."""
+    transformers = require_transformers()
+    config = model.config
+    learned = config.position == "learned"
+    extra: dict[str, Any] = {}
+    if isinstance(model, (SequenceClassifier, TokenClassifier)):
+        head = model.head_config
+        label2id = head.label2id or {f"LABEL_{i}": i for i in range(head.num_labels or 0)}
+        extra = {
+            "label2id": label2id,
+            "id2label": {i: label for label, i in label2id.items()},
+            "problem_type": "multi_label_classification"
+            if head.problem_type == "multi_label"
+            else "single_label_classification",
+        }
+    return transformers.EsmConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.ffn_size,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.attention_dropout,
+        max_position_embeddings=config.max_length + (config.pad_id + 1 if learned else 0),
+        position_embedding_type="absolute" if learned else "rotary",
+        rope_theta=config.rotary_base,
+        layer_norm_eps=config.layer_norm_eps,
+        initializer_range=config.initializer_range,
+        pad_token_id=config.pad_id,
+        mask_token_id=config.mask_id,
+        token_dropout=config.token_dropout,
+        emb_layer_norm_before=config.embedding_layer_norm,
+        tie_word_embeddings=config.tie_embeddings,
+        architectures=[next(k for k, v in HF_CLASSES.items() if v is type(model))],
+        **extra,
+    )
+
+
+def hf_state_dict(model: BioTransformerModel) -> dict[str, torch.Tensor]:
+    """Our weights under HuggingFace ESM names (qkv split, learned positions re-offset)."""
+    config = model.config
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in hf_names(model).items():
+        for key, part in zip(theirs, state[ours].chunk(len(theirs)), strict=True):
+            out[key] = part.detach().cpu().clone()
+    if config.position == "learned" and config.position_offset != config.pad_id + 1:
+        table = state["encoder.embed_positions.weight"][config.position_offset :]
+        shifted = torch.zeros(config.pad_id + 1 + config.max_length, config.hidden_size)
+        shifted[config.pad_id + 1 :] = table
+        out["esm.embeddings.position_embeddings.weight"] = shifted
+    if isinstance(model, MaskedLM) and config.tie_embeddings:
+        out["lm_head.decoder.weight"] = out["esm.embeddings.word_embeddings.weight"]
+    return out
+
+
+def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a HuggingFace ESM directory (``config.json``, weights, ``vocab.txt``
+    and our tokenizer as ``biotransformer_tokenizer.json``), loadable by ``transformers``
+    alone. Raises ``ConfigError`` naming the option that ESM cannot express."""
+    transformers = require_transformers()
+    blocker = hf_blocker(model)
+    if blocker is not None:
+        raise ConfigError(f"cannot export to HuggingFace ESM: {blocker} has no ESM equivalent")
+    if (
+        model.config.token_dropout
+        and abs(model.config.token_dropout_ratio - ESM_MASK_RATIO_TRAIN) > 1e-9
+    ):
+        raise ConfigError(
+            f"cannot export to HuggingFace ESM: ModelConfig.token_dropout_ratio = "
+            f"{model.config.token_dropout_ratio} (ESM fixes it at {ESM_MASK_RATIO_TRAIN})"
+        )
+    hf_config = config_to_hf(model)
+    hf_model = getattr(transformers, hf_config.architectures[0])(hf_config)
+    missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq") and "contact_head" not in k]
+    if missing or unexpected:
+        raise ConfigError(
+            f"HF ESM weights do not match: missing {missing}, unexpected {unexpected}"
+        )
+    tokenizer = model.tokenizer
+    with atomic_directory(directory) as staging:
+        hf_model.save_pretrained(staging)
+        if tokenizer is not None:
+            (staging / HF_VOCAB_FILE).write_text("\n".join(tokenizer.tokens) + "\n")
+            (staging / TOKENIZER_COPY).write_text(json.dumps(tokenizer.to_dict(), indent=1))
+    return Path(directory)
