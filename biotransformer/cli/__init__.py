@@ -17,7 +17,12 @@ from biotransformer.errors import BioTransformerError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "datasets",
+    "pretrain",
     "prepare",
+    "finetune",
+    "evaluate",
+    "predict",
+    "embed",
 )
 
 
