@@ -19,10 +19,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "datasets",
     "pretrain",
     "prepare",
-    "finetune",
-    "evaluate",
-    "predict",
-    "embed",
 )
 
 
