@@ -12,7 +12,7 @@ import torch
 from biotransformer import interop
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError
-from biotransformer.heads import MaskedLM, SequenceClassifier, TokenClassifier
+from biotransformer.heads import MaskedLM, SequenceClassifier, TokenClassifier, load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -224,3 +224,26 @@ def test_export_refusal_names_the_option(overrides, head, option, tmp_path):
     with pytest.raises(ConfigError, match=option.replace("(", r"\(")):
         interop.to_hf(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_cli_convert_imports_and_exports(tmp_path, capsys):
+    from biotransformer.cli import main
+
+    hf = randomised(transformers.EsmForMaskedLM(esm_config(token_dropout=True)))
+    hf.save_pretrained(tmp_path / "hf")
+    assert (
+        main(["convert", "--from", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "bt")]) == 0
+    )
+    assert '"model_type": "MaskedLM"' in capsys.readouterr().out
+    ours = load_model(tmp_path / "bt")
+    assert ours.tokenizer.spec.startswith("protein")
+    assert_parity(hf, ours, *padded_batch(33, PAD, CLS, MASK))
+    argv = ["convert", "--from", "biotransformer", str(tmp_path / "bt"), "--to", "hf"]
+    assert main([*argv, "--out", str(tmp_path / "back")]) == 0
+    back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "back").eval()
+    assert_parity(back, ours, *padded_batch(33, PAD, CLS, MASK))
+    alibi = MaskedLM(ModelConfig.from_preset("tiny", vocab_size=33, pad_id=PAD, position="alibi"))
+    alibi.save_pretrained(tmp_path / "alibi")
+    argv = ["convert", "--from", "biotransformer", str(tmp_path / "alibi"), "--to", "hf"]
+    assert main([*argv, "--out", str(tmp_path / "no")]) == 2
+    assert "ModelConfig.position = 'alibi'" in capsys.readouterr().err

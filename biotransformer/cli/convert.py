@@ -1,0 +1,67 @@
+"""``biotransformer convert``: ESM-2 / Nucleotide Transformer checkpoints in and out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+SOURCES = ("hf", "fair-esm", "biotransformer")
+TARGETS = ("biotransformer", "hf")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``convert``."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="import a HuggingFace or fair-esm ESM checkpoint, or export one to HuggingFace",
+        description=(
+            "Convert a local checkpoint (no downloads): a HuggingFace ESM directory (ESM-2, "
+            "Nucleotide Transformer), a fair-esm ESM-2 .pt file, or a biotransformer model "
+            "directory, into a biotransformer model directory or a HuggingFace ESM directory "
+            "that transformers loads with its own classes."
+        ),
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        choices=SOURCES,
+        required=True,
+        help="format of PATH: hf (EsmForMaskedLM/SequenceClassification/TokenClassification "
+        "directory), fair-esm (.pt file) or biotransformer (model directory)",
+    )
+    parser.add_argument("path", metavar="PATH", help="the checkpoint directory or file")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    parser.add_argument(
+        "--to",
+        choices=TARGETS,
+        default="biotransformer",
+        help="format of DIR: a biotransformer model directory (default) or a HuggingFace "
+        "ESM directory",
+    )
+    parser.set_defaults(handler=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from biotransformer import interop
+    from biotransformer.heads import load_model
+
+    if args.source == "hf":
+        model = interop.from_hf(args.path)
+    elif args.source == "fair-esm":
+        model = interop.from_fair_esm(args.path)
+    else:
+        model = load_model(args.path)
+    if args.to == "hf":
+        interop.to_hf(model, args.out)
+    else:
+        model.save_pretrained(args.out)
+    summary = {
+        "out": str(args.out),
+        "format": args.to,
+        "model_type": type(model).__name__,
+        "parameters": model.num_parameters(),
+        "tokenizer": None if model.tokenizer is None else model.tokenizer.spec,
+    }
+    print(json.dumps(summary))
+    return 0
