@@ -345,13 +345,20 @@ def accumulate_gradients(
 
 @dataclass
 class LoopContext:
-    """What the loop needs besides the model, optimizer and data."""
+    """What the loop needs besides the model, optimizer and data.
+
+    ``count`` gives the number of loss targets of a micro-batch, the denominator of the
+    loss: labelled tokens by default (masked-LM, token classification); fine-tuning of
+    sequence heads counts sequences. ``desc`` names the run in the progress bar.
+    """
 
     checkpointer: Checkpointer
     log: MetricsLog
     evaluate: Callable[[], dict[str, float]] | None = None
     resume_hint: str = "rerun with --resume latest"
     stop: StopRequest = field(default_factory=StopRequest)
+    count: Callable[[Mapping[str, torch.Tensor]], int] = count_targets
+    desc: str = "pretrain"
 
 
 def train_loop(
@@ -375,7 +382,7 @@ def train_loop(
     progress = tqdm(
         total=training.max_steps,
         initial=state.step,
-        desc="pretrain",
+        desc=context.desc,
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
@@ -384,7 +391,9 @@ def train_loop(
     with context.stop.installed() as stop:
         while state.step < training.max_steps:
             micro_batches = [next(batches) for _ in range(accumulation)]
-            totals = accumulate_gradients(accelerator, model, micro_batches, stop=stop)
+            totals = accumulate_gradients(
+                accelerator, model, micro_batches, count=context.count, stop=stop
+            )
             loss = totals.loss_sum / max(totals.targets, 1)
             if not math.isfinite(loss):
                 raise TrainingDiverged(_diverged_message(state.step + 1, loss, context))
