@@ -1,0 +1,685 @@
+"""Batched inference over sequence records: predictions, embeddings, evaluation against labels.
+
+Records are tokenized once, batched by token budget (``TokenBudgetBatchSampler``, no
+shuffling) and run through the model without gradients. Under several processes each rank
+runs its share and the per-sample results are gathered with their sample indices and put back
+in input order, duplicates (the sampler may repeat a batch to even out ranks) dropped: a
+multi-process run returns exactly what a single process does.
+
+A model directory written by ``finetune`` also holds ``task.json`` (task, decision
+threshold); ``load_task`` reads it and falls back to what the model class implies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from biotransformer.atomic import atomic_write
+from biotransformer.data.collator import IGNORE_INDEX, MaskingCollator, PaddingCollator
+from biotransformer.data.sampler import TokenBudgetBatchSampler
+from biotransformer.errors import ConfigError, InputError
+from biotransformer.io import SequenceRecord
+from biotransformer.metrics import evaluate_predictions
+
+TASK_FILE = "task.json"
+TASKS = ("classification", "multilabel", "regression", "token-classification", "masked-lm")
+ENCODE_CHUNK = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# What a model directory predicts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskInfo:
+    """The task of a model, its label names (by class id) and its decision threshold."""
+
+    task: str
+    labels: list[str] = field(default_factory=list)
+    threshold: float | list[float] | None = None
+
+    @property
+    def problem(self) -> str:
+        """The ``metrics`` problem name: binary, multiclass, multilabel or regression."""
+        if self.task == "multilabel":
+            return "multilabel"
+        if self.task == "regression":
+            return "regression"
+        return "binary" if len(self.labels) == 2 else "multiclass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "labels": self.labels, "threshold": self.threshold}
+
+
+def task_of_model(model: torch.nn.Module) -> TaskInfo:
+    """The task a model's class and head imply (threshold unset)."""
+    kind = type(model).__name__
+    head = model.head_config
+    if kind == "MaskedLM":
+        return TaskInfo("masked-lm")
+    if kind == "SequenceRegressor":
+        return TaskInfo("regression")
+    label2id = head.label2id or {str(i): i for i in range(head.num_labels)}
+    labels = sorted(label2id, key=label2id.__getitem__)
+    if kind == "TokenClassifier":
+        return TaskInfo("token-classification", labels)
+    task = "multilabel" if head.problem_type == "multi_label" else "classification"
+    return TaskInfo(task, labels)
+
+
+def load_task(model: torch.nn.Module, directory: str | os.PathLike[str]) -> TaskInfo:
+    """``task.json`` of a model directory, or the task its class implies."""
+    info = task_of_model(model)
+    path = Path(directory) / TASK_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        info.threshold = saved.get("threshold")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenized records
+# ---------------------------------------------------------------------------------------------
+
+
+class RecordDataset(Dataset):
+    """Records tokenized once; items ``{"index", "input_ids"[, "labels"]}``.
+
+    ``labels`` is a function from (record, token offsets (n, 2)) to the item's labels, or
+    None for unlabelled inference.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[SequenceRecord],
+        tokenizer: Any,
+        *,
+        max_length: int | None = None,
+        labels: Callable[[SequenceRecord, np.ndarray], Any] | None = None,
+    ) -> None:
+        if not records:
+            raise InputError("no records to run", fix="check the input file")
+        self.records = list(records)
+        self.ids: list[np.ndarray] = []
+        self.labels: list[Any] | None = None if labels is None else []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for start in range(0, len(self.records), ENCODE_CHUNK):
+                chunk = self.records[start : start + ENCODE_CHUNK]
+                batch = self._encode(tokenizer, chunk, max_length, start)
+                lengths = batch["attention_mask"].sum(axis=1)
+                for row, length, record, offsets in zip(
+                    batch["input_ids"], lengths, chunk, batch["offsets"], strict=True
+                ):
+                    self.ids.append(row[:length].copy())
+                    if self.labels is not None:
+                        self.labels.append(labels(record, offsets))
+        truncated = sum(1 for warning in caught if "truncated" in str(warning.message))
+        if truncated:
+            warnings.warn(
+                f"some sequences are longer than max_length={max_length} tokens and were "
+                "cropped to their first tokens",
+                stacklevel=2,
+            )
+        self.lengths = np.array([len(ids) for ids in self.ids], dtype=np.int64)
+
+    @staticmethod
+    def _encode(
+        tokenizer: Any, chunk: Sequence[SequenceRecord], max_length: int | None, start: int
+    ) -> dict[str, Any]:
+        try:
+            return tokenizer.encode_batch(
+                [record.sequence for record in chunk], max_length=max_length, return_offsets=True
+            )
+        except InputError as error:
+            row = next(
+                (i for i, record in enumerate(chunk) if not _encodes(tokenizer, record.sequence)),
+                0,
+            )
+            record = chunk[row]
+            raise InputError(
+                error.problem.split(" (sequence")[0],
+                record=record.id,
+                line=record.line,
+                position=error.position,
+                fix=error.fix,
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"index": index, "input_ids": self.ids[index]}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def _encodes(tokenizer: Any, sequence: str) -> bool:
+    try:
+        tokenizer.encode_batch([sequence])
+    except InputError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the model
+# ---------------------------------------------------------------------------------------------
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def map_batches(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    step: Callable[[torch.nn.Module, dict[str, torch.Tensor]], list[Any]],
+    *,
+    max_tokens: int,
+    collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
+    accelerator: Any = None,
+) -> list[Any]:
+    """``step(model, batch)`` returns one result per sample of the batch; the results of all
+    samples come back in dataset order, gathered from every process."""
+    num_processes = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    lengths = np.asarray(dataset.lengths)
+    sampler = TokenBudgetBatchSampler(
+        lengths,
+        max(max_tokens, int(lengths.max())),
+        shuffle=False,
+        num_replicas=num_processes,
+        rank=rank,
+    )
+    collate = collate_fn or PaddingCollator(pad_id=_pad_id(model))
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    network = model if accelerator is None else accelerator.unwrap_model(model)
+    was_training = network.training
+    network.eval()
+    device = _device_of(network)
+    found: list[tuple[int, Any]] = []
+    for batch in loader:
+        indices = batch.pop("index").tolist()
+        batch = {key: value.to(device) for key, value in batch.items()}
+        found.extend(zip(indices, step(network, batch), strict=True))
+    network.train(was_training)
+    if num_processes > 1:
+        from accelerate.utils import gather_object
+
+        found = gather_object(found)
+    by_index = dict(found)
+    return [by_index[index] for index in range(len(dataset))]
+
+
+def _pad_id(model: torch.nn.Module) -> int:
+    pad_id = model.config.pad_id
+    return 0 if pad_id is None else int(pad_id)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def _logits_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Per-sample logits: (C,) for sequence heads, (T_i, C) for token heads."""
+    output = model(batch["input_ids"], batch["attention_mask"])
+    logits = _numpy(output.logits)
+    if logits.ndim == 2:
+        return list(logits)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    return [row[:length] for row, length in zip(logits, lengths, strict=True)]
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    dataset: RecordDataset,
+    *,
+    max_tokens: int = 16384,
+    accelerator: Any = None,
+) -> list[np.ndarray]:
+    """The model's raw outputs per record, in record order."""
+    return map_batches(model, dataset, _logits_step, max_tokens=max_tokens, accelerator=accelerator)
+
+
+def probabilities(task: TaskInfo, logits: np.ndarray) -> np.ndarray:
+    """Softmax (classification, token classification) or sigmoid (multilabel) of logits;
+    regression values pass through."""
+    if task.task in ("classification", "token-classification"):
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=-1, keepdims=True)
+    if task.task == "multilabel":
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits
+
+
+def decide(task: TaskInfo, scores: np.ndarray) -> np.ndarray:
+    """Class ids (N,) from probabilities: arg-max, or for binary ``P(positive) >= threshold``;
+    multilabel: a (N, C) 0/1 matrix, ``P >= threshold`` (0.5 unless tuned)."""
+    if task.task == "multilabel":
+        threshold = 0.5 if task.threshold is None else np.asarray(task.threshold)
+        return (scores >= threshold).astype(np.int64)
+    if task.problem == "binary" and task.task == "classification":
+        threshold = 0.5 if task.threshold is None else float(task.threshold)
+        return (scores[:, 1] >= threshold).astype(np.int64)
+    return scores.argmax(axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """Per record: ``scores`` (probabilities, or values for regression; for token tasks one
+    (T_i, C) array per record) and ``predicted`` labels as strings."""
+
+    ids: list[str]
+    task: TaskInfo
+    scores: Any
+    predicted: list[str]
+
+
+def predict_records(
+    model: torch.nn.Module,
+    records: Sequence[SequenceRecord],
+    task: TaskInfo,
+    *,
+    max_tokens: int = 16384,
+    accelerator: Any = None,
+) -> Predictions:
+    """Predictions for ``records`` in their order."""
+    if task.task == "masked-lm":
+        raise ConfigError(
+            "a masked-LM model predicts tokens, not labels: fine-tune it first "
+            "(biotransformer finetune --model DIR ...), or use 'embed'"
+        )
+    dataset = RecordDataset(records, model.tokenizer, max_length=model.config.max_length)
+    logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
+    ids = [record.id for record in records]
+    if task.task == "token-classification":
+        scores = [probabilities(task, row) for row in logits]
+        separator = "" if all(len(label) == 1 for label in task.labels) else ","
+        predicted = [
+            separator.join(task.labels[i] for i in decide(task, row)[_content(model, dataset, n)])
+            for n, row in enumerate(scores)
+        ]
+        return Predictions(ids, task, scores, predicted)
+    scores = probabilities(task, np.stack(logits))
+    if task.task == "regression":
+        predicted = [_format_number(row[0]) for row in scores]
+    elif task.task == "multilabel":
+        predicted = [
+            ",".join(label for label, on in zip(task.labels, row, strict=True) if on)
+            for row in decide(task, scores)
+        ]
+    else:
+        predicted = [task.labels[i] for i in decide(task, scores)]
+    return Predictions(ids, task, scores, predicted)
+
+
+def _content(model: torch.nn.Module, dataset: RecordDataset, index: int) -> np.ndarray:
+    """Positions of the non-special tokens of one record."""
+    return ~np.isin(dataset.ids[index], model.tokenizer.special_ids)
+
+
+def _format_number(value: float) -> str:
+    return repr(float(value))
+
+
+def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]) -> Path:
+    """``id``, ``prediction``, then ``prob_<label>`` per class (classification, multilabel)
+    or ``value`` (regression), one row per record in input order; written atomically."""
+    task = predictions.task
+    header = ["id", "prediction"]
+    if task.task in ("classification", "multilabel"):
+        header += [f"prob_{label}" for label in task.labels]
+    elif task.task == "regression":
+        header += ["value"]
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        for n, (record_id, predicted) in enumerate(
+            zip(predictions.ids, predictions.predicted, strict=True)
+        ):
+            row = [record_id, predicted]
+            if task.task in ("classification", "multilabel", "regression"):
+                row += [_format_number(value) for value in np.atleast_1d(predictions.scores[n])]
+            writer.writerow(row)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation against labels
+# ---------------------------------------------------------------------------------------------
+
+
+def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarray:
+    """The labels of ``records`` as metric inputs: class ids (N,), a 0/1 matrix (N, C) for
+    multilabel, values (N,) for regression. An unknown label or a missing one is an error."""
+    index = {label: i for i, label in enumerate(task.labels)}
+    rows = []
+    for record in records:
+        label = record.label
+        if label is None:
+            raise InputError(
+                "the record has no label",
+                record=record.id,
+                line=record.line,
+                fix="give the label options (--label-column, --label-from, --labels-file)",
+            )
+        if task.task == "regression":
+            rows.append(float(label))
+            continue
+        values = label if isinstance(label, tuple) else (str(label),)
+        unknown = [value for value in values if value not in index]
+        if unknown:
+            raise InputError(
+                f"label {unknown[0]!r} is not one the model knows ({task.labels})",
+                record=record.id,
+                line=record.line,
+                fix="evaluate on data labelled like the training data",
+            )
+        if task.task == "multilabel":
+            row = np.zeros(len(task.labels), dtype=np.int64)
+            row[[index[value] for value in values]] = 1
+            rows.append(row)
+        else:
+            rows.append(index[values[0]])
+    return np.asarray(rows)
+
+
+def token_targets(task: TaskInfo, record: SequenceRecord, offsets: np.ndarray) -> np.ndarray:
+    """Per-token class ids of one record: the label string has one character per residue and
+    a token takes the class of its first residue; special tokens get -100."""
+    label = str(record.label)
+    if len(label) != len(record.sequence):
+        raise InputError(
+            f"the per-residue label has {len(label)} characters for {len(record.sequence)} "
+            "residues",
+            record=record.id,
+            line=record.line,
+            fix="give one label character per residue",
+        )
+    index = {name: i for i, name in enumerate(task.labels)}
+    targets = np.full(len(offsets), IGNORE_INDEX, dtype=np.int64)
+    for position, (start, _) in enumerate(offsets.tolist()):
+        if start >= 0:
+            character = label[start]
+            if character not in index:
+                raise InputError(
+                    f"label {character!r} is not one the model knows ({task.labels})",
+                    record=record.id,
+                    line=record.line,
+                    position=start + 1,
+                    fix="evaluate on data labelled like the training data",
+                )
+            targets[position] = index[character]
+    return targets
+
+
+def evaluate_records(
+    model: torch.nn.Module,
+    records: Sequence[SequenceRecord],
+    task: TaskInfo,
+    *,
+    max_tokens: int = 16384,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    accelerator: Any = None,
+    mask_rate: float = 0.15,
+) -> tuple[dict[str, Any], Predictions | None]:
+    """Metrics of ``model`` on labelled ``records`` (``evaluate_predictions``' dict, with the
+    threshold used) and the predictions they were computed from (None for masked-LM)."""
+    if task.task == "masked-lm":
+        return evaluate_masked_lm_records(
+            model,
+            records,
+            max_tokens=max_tokens,
+            bootstrap=bootstrap,
+            seed=seed,
+            accelerator=accelerator,
+            mask_rate=mask_rate,
+        ), None
+    if task.task == "token-classification":
+        return _evaluate_tokens(model, records, task, max_tokens, bootstrap, seed, accelerator)
+    truth = label_targets(task, records)
+    predictions = predict_records(
+        model, records, task, max_tokens=max_tokens, accelerator=accelerator
+    )
+    metrics = metrics_from_scores(task, truth, predictions.scores, bootstrap=bootstrap, seed=seed)
+    return metrics, predictions
+
+
+def metrics_from_scores(
+    task: TaskInfo, truth: np.ndarray, scores: np.ndarray, *, bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """``evaluate_predictions`` with the task's threshold; regression scores are values."""
+    if task.task == "regression":
+        result = evaluate_predictions(
+            "regression", truth, scores[:, 0], bootstrap=bootstrap, seed=seed
+        )
+    else:
+        threshold = 0.5 if task.threshold is None else task.threshold
+        result = evaluate_predictions(
+            task.problem, truth, scores, bootstrap=bootstrap, seed=seed, threshold=threshold
+        )
+        result["threshold"] = threshold
+    return result
+
+
+def _evaluate_tokens(
+    model: torch.nn.Module,
+    records: Sequence[SequenceRecord],
+    task: TaskInfo,
+    max_tokens: int,
+    bootstrap: int,
+    seed: int,
+    accelerator: Any,
+) -> tuple[dict[str, Any], Predictions]:
+    dataset = RecordDataset(
+        records,
+        model.tokenizer,
+        max_length=model.config.max_length,
+        labels=lambda record, offsets: token_targets(task, record, offsets),
+    )
+    predictions = predict_records(
+        model, records, task, max_tokens=max_tokens, accelerator=accelerator
+    )
+    targets = np.concatenate(dataset.labels)
+    scores = np.concatenate(predictions.scores)
+    keep = targets != IGNORE_INDEX
+    problem = "binary" if len(task.labels) == 2 else "multiclass"
+    result = evaluate_predictions(
+        problem, targets[keep], scores[keep], bootstrap=bootstrap, seed=seed
+    )
+    result["unit"] = "token"
+    return result, predictions
+
+
+def evaluate_masked_lm_records(
+    model: torch.nn.Module,
+    records: Sequence[SequenceRecord],
+    *,
+    max_tokens: int = 16384,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    accelerator: Any = None,
+    mask_rate: float = 0.15,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Held-out masked-LM loss (nats per masked token) and perplexity, every selected token
+    replaced by the mask token with draws from ``seed``; bootstrap intervals resample
+    sequences."""
+    tokenizer = model.tokenizer
+    dataset = RecordDataset(records, tokenizer, max_length=model.config.max_length)
+    collator = MaskingCollator(
+        tokenizer, mask_rate=mask_rate, mask_token_rate=1.0, random_token_rate=0.0, seed=seed
+    )
+
+    def step(network: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[tuple]:
+        logits = network(batch["input_ids"], batch["attention_mask"]).logits
+        labels = batch["labels"]
+        losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        sums = losses.sum(dim=1).double().tolist()
+        counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
+        return list(zip(sums, counts, strict=True))
+
+    rows = np.asarray(
+        map_batches(
+            model,
+            dataset,
+            step,
+            max_tokens=max_tokens,
+            collate_fn=collator,
+            accelerator=accelerator,
+        ),
+        dtype=np.float64,
+    )
+
+    def summary(sample: np.ndarray) -> dict[str, float]:
+        loss = sample[:, 0].sum() / max(sample[:, 1].sum(), 1.0)
+        return {"loss": float(loss), "perplexity": math.exp(min(loss, 700.0))}
+
+    point = summary(rows)
+    rng = np.random.default_rng(seed)
+    draws = [summary(rows[rng.integers(0, len(rows), len(rows))]) for _ in range(bootstrap)]
+    tail = (1.0 - confidence) / 2.0
+    metrics = {}
+    for name, value in point.items():
+        values = [draw[name] for draw in draws]
+        low, high = np.quantile(values, [tail, 1 - tail]) if values else (math.nan, math.nan)
+        metrics[name] = {"value": value, "ci_low": float(low), "ci_high": float(high)}
+    return {
+        "problem": "masked-lm",
+        "n": len(rows),
+        "n_tokens": int(rows[:, 1].sum()),
+        "mask_rate": mask_rate,
+        "confidence": confidence,
+        "n_resamples": bootstrap,
+        "metrics": metrics,
+        "notes": [],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Embeddings:
+    """Mean-pooled ``pooled`` (N, L*D) float32 over non-special tokens, the chosen encoder
+    ``layers`` concatenated; with ``per_token`` also ``tokens`` (sum T_i, L*D) and
+    ``offsets`` (N+1,) so that record i owns ``tokens[offsets[i]:offsets[i+1]]``."""
+
+    ids: list[str]
+    layers: list[int]
+    pooled: np.ndarray
+    tokens: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+
+
+def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """Hidden-state indices: 0 is the embedding output, 1..num_layers each block (the last
+    after the final norm); negative indices count from the end; default ``[-1]``."""
+    chosen = []
+    for layer in layers or [-1]:
+        index = layer + num_layers + 1 if layer < 0 else layer
+        if not 0 <= index <= num_layers:
+            raise ConfigError(
+                f"layer {layer} does not exist: the model has layers 0 (embeddings) to "
+                f"{num_layers}; negative values count from the end"
+            )
+        chosen.append(index)
+    return chosen
+
+
+def embed_records(
+    model: torch.nn.Module,
+    records: Sequence[SequenceRecord],
+    *,
+    layers: Sequence[int] | None = None,
+    per_token: bool = False,
+    max_tokens: int = 16384,
+    accelerator: Any = None,
+) -> Embeddings:
+    """Embeddings of ``records`` from any model's encoder, in record order."""
+    chosen = resolve_layers(layers, model.config.num_layers)
+    tokenizer = model.tokenizer
+    dataset = RecordDataset(records, tokenizer, max_length=model.config.max_length)
+    special = torch.tensor(sorted(tokenizer.special_ids))
+
+    def step(network: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[tuple]:
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        encoded = network.encoder(input_ids, attention_mask, output_hidden_states=True)
+        hidden = torch.cat([encoded.hidden_states[i] for i in chosen], dim=-1)  # (B, T, L*D)
+        keep = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
+        weights = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, L*D)
+        out = []
+        for row in range(len(input_ids)):
+            tokens = _numpy(hidden[row][keep[row]]) if per_token else None
+            out.append((_numpy(pooled[row]), tokens))
+        return out
+
+    results = map_batches(model, dataset, step, max_tokens=max_tokens, accelerator=accelerator)
+    pooled = np.stack([row[0] for row in results]).astype(np.float32)
+    embeddings = Embeddings([record.id for record in records], chosen, pooled)
+    if per_token:
+        pieces = [row[1].astype(np.float32) for row in results]
+        embeddings.tokens = np.concatenate(pieces)
+        embeddings.offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(
+            np.int64
+        )
+    return embeddings
+
+
+def write_embeddings_h5(
+    embeddings: Embeddings, path: str | os.PathLike[str], *, attributes: dict[str, Any]
+) -> Path:
+    """HDF5 with ``embeddings`` (N, D) float32, ``ids`` (variable-length UTF-8 strings) and,
+    per token, ``tokens`` and ``offsets``; attribute ``layers``. Written aside, then renamed."""
+    import h5py
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with h5py.File(staging, "w") as handle:
+            handle.create_dataset("embeddings", data=embeddings.pooled)
+            handle.create_dataset(
+                "ids", data=embeddings.ids, dtype=h5py.string_dtype(encoding="utf-8")
+            )
+            if embeddings.tokens is not None:
+                handle.create_dataset("tokens", data=embeddings.tokens)
+                handle.create_dataset("offsets", data=embeddings.offsets)
+            handle.attrs["layers"] = np.asarray(embeddings.layers, dtype=np.int64)
+            for key, value in attributes.items():
+                handle.attrs[key] = value
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,153 @@
+"""Batched inference: input order, batching invariance, embeddings layout, metrics."""
+
+from __future__ import annotations
+
+import csv
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from biotransformer.heads import MaskedLM, SequenceClassifier, SequenceRegressor
+from biotransformer.inference import (
+    TaskInfo,
+    embed_records,
+    evaluate_records,
+    predict_records,
+    resolve_layers,
+    task_of_model,
+    write_embeddings_h5,
+    write_predictions_tsv,
+)
+from biotransformer.io import SequenceRecord
+from biotransformer.tokenizers import Tokenizer
+
+
+def tiny(cls, **head):
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.from_spec("dna")
+    model = cls.from_preset(
+        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, **head
+    ).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+@pytest.fixture
+def records():
+    rng = np.random.default_rng(0)
+    return [
+        SequenceRecord(
+            f"chr1/{i}", "".join(rng.choice(list("ACGT"), int(rng.integers(5, 60)))), str(i % 2)
+        )
+        for i in range(40)
+    ]
+
+
+def test_predictions_keep_input_order_whatever_the_batching(records):
+    model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
+    task = task_of_model(model)
+    small = predict_records(model, records, task, max_tokens=64)
+    large = predict_records(model, records, task, max_tokens=100000)
+    assert small.ids == [r.id for r in records]
+    np.testing.assert_allclose(small.scores, large.scores, atol=1e-5)
+    one_by_one = np.stack([predict_records(model, [r], task).scores[0] for r in records[:5]])
+    np.testing.assert_allclose(small.scores[:5], one_by_one, atol=1e-5)
+
+
+def test_threshold_decides_binary_predictions(records):
+    model = tiny(SequenceClassifier, label2id={"neg": 0, "pos": 1})
+    task = task_of_model(model)
+    task.threshold = 0.0
+    assert set(predict_records(model, records, task).predicted) == {"pos"}
+    task.threshold = 1.01
+    assert set(predict_records(model, records, task).predicted) == {"neg"}
+
+
+def test_predictions_tsv_columns_and_order(records, tmp_path):
+    model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
+    predictions = predict_records(model, records, task_of_model(model))
+    path = write_predictions_tsv(predictions, tmp_path / "p.tsv")
+    rows = list(csv.DictReader(path.open(), delimiter="\t"))
+    assert list(rows[0]) == ["id", "prediction", "prob_0", "prob_1"]
+    assert [row["id"] for row in rows] == [r.id for r in records]
+    probs = np.array([[float(row["prob_0"]), float(row["prob_1"])] for row in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_regression_predictions_are_values(records, tmp_path):
+    model = tiny(SequenceRegressor)
+    model.target_mean.fill_(10.0)
+    numeric = [SequenceRecord(r.id, r.sequence, float(i)) for i, r in enumerate(records)]
+    predictions = predict_records(model, numeric, TaskInfo("regression"))
+    assert predictions.scores.shape == (40, 1)
+    assert abs(float(np.mean(predictions.scores)) - 10.0) < 1.0
+    write_predictions_tsv(predictions, tmp_path / "r.tsv")
+    header = (tmp_path / "r.tsv").read_text().splitlines()[0].split("\t")
+    assert header == ["id", "prediction", "value"]
+
+
+def test_classification_metrics_equal_scikit_learn(records):
+    model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
+    task = task_of_model(model)
+    result, predictions = evaluate_records(model, records, task, bootstrap=20)
+    truth = np.array([int(r.label) for r in records])
+    p1 = predictions.scores[:, 1]
+    predicted = (p1 >= 0.5).astype(int)
+    values = {name: entry["value"] for name, entry in result["metrics"].items()}
+    assert values["mcc"] == pytest.approx(skm.matthews_corrcoef(truth, predicted))
+    assert values["accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
+    assert values["f1"] == pytest.approx(skm.f1_score(truth, predicted, zero_division=0))
+    assert values["auroc"] == pytest.approx(skm.roc_auc_score(truth, p1))
+    assert values["auprc"] == pytest.approx(skm.average_precision_score(truth, p1))
+    assert result["n"] == 40 and result["threshold"] == 0.5
+    entry = result["metrics"]["auroc"]
+    assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+
+
+def test_masked_lm_loss_and_perplexity(records):
+    model = tiny(MaskedLM)
+    task = task_of_model(model)
+    result, predictions = evaluate_records(model, records, task, bootstrap=20)
+    assert predictions is None
+    loss = result["metrics"]["loss"]["value"]
+    assert result["metrics"]["perplexity"]["value"] == pytest.approx(np.exp(loss))
+    assert 0.5 < loss < 5.0
+    again, _ = evaluate_records(model, records, task, bootstrap=0, max_tokens=80)
+    assert again["metrics"]["loss"]["value"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_embeddings_pooled_and_per_token_layout(records, tmp_path):
+    model = tiny(MaskedLM)
+    embeddings = embed_records(model, records, per_token=True, layers=[-1, 0], max_tokens=90)
+    width = model.config.hidden_size
+    assert embeddings.pooled.shape == (40, 2 * width) and embeddings.pooled.dtype == np.float32
+    lengths = [len(r.sequence) for r in records]  # one token per base, no specials
+    np.testing.assert_array_equal(np.diff(embeddings.offsets), lengths)
+    assert embeddings.tokens.shape == (sum(lengths), 2 * width)
+    first = embeddings.tokens[embeddings.offsets[3] : embeddings.offsets[4]]
+    np.testing.assert_allclose(first.mean(axis=0), embeddings.pooled[3], atol=1e-5)
+    path = write_embeddings_h5(embeddings, tmp_path / "e.h5", attributes={"model": "tiny"})
+    with h5py.File(path) as handle:
+        assert [i.decode() for i in handle["ids"][:]] == [r.id for r in records]
+        assert list(handle.attrs["layers"]) == [2, 0]
+        np.testing.assert_array_equal(handle["offsets"][:], embeddings.offsets)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_embeddings_do_not_depend_on_batching(records):
+    model = tiny(MaskedLM)
+    small = embed_records(model, records, max_tokens=64)
+    large = embed_records(model, records, max_tokens=100000)
+    np.testing.assert_allclose(small.pooled, large.pooled, atol=1e-5)
+
+
+def test_resolve_layers_refuses_missing_layers():
+    from biotransformer.errors import ConfigError
+
+    assert resolve_layers(None, 4) == [4]
+    assert resolve_layers([-2, 0], 4) == [3, 0]
+    with pytest.raises(ConfigError, match="layer 5 does not exist"):
+        resolve_layers([5], 4)
