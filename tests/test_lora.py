@@ -57,8 +57,28 @@ def test_parse_and_validation():
         LoraSettings(targets=("fc1",))
 
 
-def test_only_adapters_and_head_change(tmp_path):
-    model = tiny_classifier()
+def imported_classifier() -> SequenceClassifier:
+    transformers = pytest.importorskip("transformers")
+    from biotransformer.interop import from_hf
+
+    torch.manual_seed(0)
+    config = transformers.EsmConfig(
+        vocab_size=33,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        pad_token_id=1,
+        mask_token_id=32,
+        token_dropout=True,
+        num_labels=2,
+    )
+    return from_hf(transformers.EsmForSequenceClassification(config))
+
+
+@pytest.mark.parametrize("build", [tiny_classifier, imported_classifier])
+def test_only_adapters_and_head_change(build):
+    model = build()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     apply_lora(model, LoraSettings(r=4, alpha=8))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
