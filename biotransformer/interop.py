@@ -457,3 +457,18 @@ def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path
             (staging / HF_VOCAB_FILE).write_text("\n".join(tokenizer.tokens) + "\n")
             (staging / TOKENIZER_COPY).write_text(json.dumps(tokenizer.to_dict(), indent=1))
     return Path(directory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model sources on the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def model_directory(source: str, imported: str | os.PathLike[str]) -> Path:
+    """A biotransformer model directory for a ``--model`` value: ``hf:PATH`` and
+    ``fair-esm:PATH`` are converted into ``imported``; anything else is already one."""
+    if source.startswith("hf:"):
+        return from_hf(source.removeprefix("hf:")).save_pretrained(imported)
+    if source.startswith("fair-esm:"):
+        return from_fair_esm(source.removeprefix("fair-esm:")).save_pretrained(imported)
+    return Path(source)
