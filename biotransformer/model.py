@@ -40,7 +40,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys (B, H, T, hs) by their positions; cos, sin are (T, hs)."""
+    """Rotate queries or keys (..., hs) by their positions; cos, sin (T, hs) broadcast to x,
+    e.g. (T, hs) for (B, H, T, hs) or (T, 1, 1, hs) for (B, T, 2, H, hs)."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -119,11 +120,13 @@ class SelfAttention(nn.Module):
         broadcastable to (B, H, T, T). Returns the output and, on request, the weights."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hs)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)  # (B, T, 2, H, hs), (B, H, T, hs)
         if rotary is not None:
-            cos, sin = (table.to(q.dtype) for table in rotary)  # no-op unless under autocast
-            q = apply_rotary(q, cos, sin)
-            k = apply_rotary(k, cos, sin)
+            # Queries and keys rotate in one pass, in the projection's layout; the tables are
+            # (T, hs), cast only under autocast.
+            cos, sin = (table.to(qk.dtype)[:, None, None] for table in rotary)  # (T, 1, 1, hs)
+            qk = apply_rotary(qk, cos, sin)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, hs), strided views for SDPA
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             y, weights = self._explicit_attention(q, k, v, attn_mask, dropout)
