@@ -1,0 +1,783 @@
+"""Fine-tuning: labelled FASTA/CSV in, a selected model and trustworthy test numbers out.
+
+``finetune(config)`` reads the splits (carving the missing validation/test splits out of the
+training file without leakage, see ``splits``), encodes labels, builds the head model (warm
+started from any model directory, or a new encoder from a preset), trains it with the one
+training loop of ``biotransformer.train``, keeps the model that scores best on validation,
+and evaluates the test split once, at the end, with that model. The output directory::
+
+    model/            the selected model directory (config.json, model.safetensors,
+                      tokenizer.json, task.json with the decision threshold)
+    metrics.json      validation and test metrics with bootstrap CIs, n, threshold, seed
+    predictions_valid.tsv, predictions_test.tsv
+    config.yaml       the resolved fine-tuning config
+    run.json          provenance (versions, git commit, command, seed, split report)
+    log.jsonl         training log (loss, lr; validation metrics at each evaluation)
+    *.png, report.html
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate.utils import set_seed
+
+from biotransformer import plots
+from biotransformer.atomic import atomic_directory, atomic_write
+from biotransformer.checkpointing import Checkpointer
+from biotransformer.config import ModelConfig, TrainingConfig, _suggest
+from biotransformer.data.collator import PaddingCollator
+from biotransformer.data.sampler import TokenBudgetBatchSampler
+from biotransformer.errors import ConfigError, InputError
+from biotransformer.heads import MODEL_CLASSES, load_model
+from biotransformer.inference import (
+    TASK_FILE,
+    RecordDataset,
+    TaskInfo,
+    decide,
+    evaluate_records,
+    label_targets,
+    load_task,
+    metrics_from_scores,
+    predict_logits,
+    predict_records,
+    probabilities,
+    token_targets,
+    write_predictions_tsv,
+)
+from biotransformer.io import SequenceRecord, guess_alphabet, read_sequences
+from biotransformer.metrics import tune_threshold
+from biotransformer.splits import deduplicate, leakage_report, split_records
+from biotransformer.tokenizers import Tokenizer
+from biotransformer.train import (
+    BatchStream,
+    LoopContext,
+    MetricsLog,
+    TrainerState,
+    build_optimizer,
+    build_scheduler,
+    count_targets,
+    make_accelerator,
+    provenance,
+    train_loop,
+)
+
+TASKS = ("classification", "multilabel", "regression", "token-classification")
+LABEL_TYPES = {
+    "classification": "class",
+    "multilabel": "multilabel",
+    "regression": "numeric",
+    "token-classification": "class",
+}
+HEAD_CLASSES = {
+    "classification": "SequenceClassifier",
+    "multilabel": "SequenceClassifier",
+    "regression": "SequenceRegressor",
+    "token-classification": "TokenClassifier",
+}
+DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
+SELECT_METRICS = {
+    "classification": "mcc",
+    "multilabel": "mcc",
+    "regression": "r2",
+    "token-classification": "mcc",
+}
+
+
+@dataclass
+class ReadOptions:
+    """How to read records and labels; the options of ``io.read_sequences``, plus
+    ``group_column``: a column (CSV/TSV) or a ``label_from`` spec (FASTA) whose value keeps
+    related records in one split."""
+
+    sequence_column: str | int = "sequence"
+    label_column: str | int | None = "label"
+    id_column: str | int | None = None
+    label_from: str | None = None
+    labels_file: str | None = None
+    group_column: str | int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run needs. ``training`` is the shared ``TrainingConfig``;
+    its ``max_steps`` is derived from ``epochs`` unless ``max_steps`` is set here, and its
+    ``output_dir`` is ``output_dir``. ``model`` holds ModelConfig overrides for a preset.
+    The model is evaluated on validation ``evals_per_epoch`` times per epoch (or per run, when
+    the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept."""
+
+    train: str
+    output_dir: str
+    task: str = "classification"
+    valid: str | None = None
+    test: str | None = None
+    model_dir: str | None = None
+    preset: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    read: ReadOptions = field(default_factory=ReadOptions)
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    epochs: float = 3.0
+    max_steps: int | None = None
+    warmup_fraction: float = 0.06
+    max_tokens: int = 8192
+    max_length: int | None = None
+    pooling: str = "mean"
+    freeze_encoder: bool = False
+    class_weights: str | None = None
+    pos_weight: float | str | None = None
+    tune_threshold: bool = False
+    select_metric: str | None = None
+    evals_per_epoch: int = 1
+    bootstrap: int = 1000
+    plots: bool = True
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(lr=3e-4, schedule="linear", min_lr_ratio=0.0)
+    )
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad value."""
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} is not one of {list(TASKS)}")
+        if self.model_dir is not None and (self.preset is not None or self.model):
+            raise ConfigError(
+                "give --model DIR (warm start) or --preset/model.* overrides, not both"
+            )
+        if self.epochs <= 0 and self.max_steps is None:
+            raise ConfigError(f"epochs = {self.epochs} must be > 0")
+        if self.class_weights not in (None, "balanced"):
+            raise ConfigError(f"class_weights {self.class_weights!r}: only 'balanced' is known")
+        if isinstance(self.pos_weight, str) and self.pos_weight != "balanced":
+            raise ConfigError(f"pos_weight {self.pos_weight!r}: give a number or 'balanced'")
+        if self.pos_weight is not None and self.task not in ("classification", "multilabel"):
+            raise ConfigError("pos_weight applies to binary classification and multilabel")
+        if self.tune_threshold and self.task not in ("classification", "multilabel"):
+            raise ConfigError("tune_threshold applies to binary classification and multilabel")
+        for name in ("valid_fraction", "test_fraction", "warmup_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} = {getattr(self, name)} must be in [0, 1)")
+        if self.evals_per_epoch < 1:
+            raise ConfigError(f"evals_per_epoch = {self.evals_per_epoch} must be >= 1")
+        self.training.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A YAML-ready dict of every value."""
+        return dataclasses.asdict(self)
+
+
+def apply_overrides(config: FinetuneConfig, overrides: Sequence[str]) -> FinetuneConfig:
+    """Apply ``key=value`` overrides (values parsed as YAML): ``training.KEY`` and
+    ``read.KEY`` set those sections, ``model.KEY`` a ModelConfig field of a new model, a bare
+    ``KEY`` a FinetuneConfig field. Unknown keys are errors naming the closest one."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} is not of the form key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        section, _, name = key.strip().rpartition(".")
+        if section == "model":
+            known = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
+            if name not in known:
+                raise ConfigError(f"unknown key model.{name}{_suggest(name, known)}")
+            config.model[name] = value
+            continue
+        target = {"": config, "training": config.training, "read": config.read}.get(section)
+        if target is None:
+            raise ConfigError(
+                f"override {override!r}: unknown section {section!r}; use training.KEY, "
+                "read.KEY, model.KEY or a fine-tuning key"
+            )
+        known = [f.name for f in dataclasses.fields(target) if f.name not in ("training", "read")]
+        if name not in known:
+            where = f"{section}.{name}" if section else name
+            raise ConfigError(f"unknown key {where}{_suggest(name, known)}")
+        annotation = str(next(f.type for f in dataclasses.fields(target) if f.name == name))
+        if "float" in annotation and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        setattr(target, name, value)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: reading, splitting, label encoding
+# ---------------------------------------------------------------------------------------------
+
+
+def read_labelled(
+    path: str | Path, task: str, read: ReadOptions, *, labelled: bool = True
+) -> list[SequenceRecord]:
+    """All records of a file with labels typed for ``task``."""
+    records = list(
+        read_sequences(
+            path,
+            sequence_column=read.sequence_column,
+            label_column=read.label_column,
+            id_column=read.id_column,
+            label_from=read.label_from,
+            labels_file=read.labels_file,
+            label_type=LABEL_TYPES[task] if labelled else None,
+        )
+    )
+    if not records:
+        raise InputError("the file holds no records", path=path, fix="check the file")
+    if labelled:
+        for record in records:
+            if record.label is None:
+                raise InputError(
+                    "the record has no label",
+                    path=path,
+                    record=record.id,
+                    line=record.line,
+                    fix="name the label with --label-column, --label-from or --labels-file",
+                )
+    return records
+
+
+def read_groups(path: str | Path, read: ReadOptions) -> list[str]:
+    """The group value of each record of ``path``, in record order."""
+    group = read.group_column
+    is_table = Path(str(path).removesuffix(".gz")).suffix.lower() in (".csv", ".tsv", ".tab")
+    records = read_sequences(
+        path,
+        sequence_column=read.sequence_column,
+        id_column=read.id_column,
+        label_column=group if is_table else None,
+        label_from=None if is_table else str(group),
+        label_type="class",
+    )
+    return [str(record.label) for record in records]
+
+
+def _natural_key(label: str) -> tuple:
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def label_vocabulary(task: str, records: Sequence[SequenceRecord]) -> list[str]:
+    """Sorted label names (numerically when they are numbers): classes, multilabel names, or
+    the per-residue characters of token classification; empty for regression."""
+    if task == "regression":
+        return []
+    names: set[str] = set()
+    for record in records:
+        label = record.label
+        if task == "multilabel":
+            names.update(label)  # type: ignore[arg-type]
+        elif task == "token-classification":
+            names.update(str(label))
+        else:
+            names.add(str(label))
+    labels = sorted(names, key=_natural_key)
+    if task == "classification" and len(labels) < 2:
+        raise InputError(
+            f"the training data has a single class {labels}",
+            fix="classification needs at least two classes",
+        )
+    return labels
+
+
+@dataclass
+class SplitReport:
+    """What happened to the data before training, for run.json and the log."""
+
+    sizes: dict[str, int]
+    removed_duplicates: int = 0
+    conflicting_labels: int = 0
+    cross_split_duplicates: int = 0
+    cross_split_conflicting: int = 0
+    examples: list[list[str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        sizes = ", ".join(f"{name} {n}" for name, n in self.sizes.items())
+        return [
+            f"splits: {sizes}",
+            f"duplicates removed before splitting: {self.removed_duplicates} "
+            f"({self.conflicting_labels} duplicated sequences with conflicting labels)",
+            f"sequences shared between splits: {self.cross_split_duplicates} "
+            f"({self.cross_split_conflicting} with conflicting labels)",
+        ]
+
+
+def prepare_splits(
+    config: FinetuneConfig, alphabet: str
+) -> tuple[dict[str, list[SequenceRecord]], SplitReport]:
+    """Train/valid/test records: the given files, the missing splits carved out of train
+    (deduplicated, stratified or by group), and a report of duplicates and leakage."""
+    train = read_labelled(config.train, config.task, config.read)
+    given = {
+        name: read_labelled(path, config.task, config.read)
+        for name, path in (("valid", config.valid), ("test", config.test))
+        if path is not None
+    }
+    missing = {
+        name: fraction
+        for name, fraction in (("valid", config.valid_fraction), ("test", config.test_fraction))
+        if name not in given and fraction > 0
+    }
+    removed = conflicting = 0
+    if missing:
+        groups = (
+            None if config.read.group_column is None else read_groups(config.train, config.read)
+        )
+        result = split_records(
+            train, fractions=missing, alphabet=alphabet, seed=config.training.seed, groups=groups
+        )
+        splits = {**result.splits, **given}
+        removed = result.deduplicated.n_removed
+        conflicting = result.deduplicated.n_conflicting
+    else:
+        splits = {"train": train, **given}
+        within = deduplicate(train, alphabet)
+        conflicting = within.n_conflicting
+    if "valid" not in splits:
+        raise ConfigError(
+            "no validation split: give --valid FILE or a valid_fraction above 0 (the model is "
+            "selected on validation)"
+        )
+    leaks = leakage_report(splits, alphabet)
+    report = SplitReport(
+        sizes={name: len(records) for name, records in splits.items()},
+        removed_duplicates=removed,
+        conflicting_labels=conflicting,
+        cross_split_duplicates=len(leaks.groups),
+        cross_split_conflicting=len(leaks.conflicting),
+        examples=[list(group.ids[:4]) for group in leaks.groups[:5]],
+    )
+    return {name: splits[name] for name in ("train", "valid", "test") if name in splits}, report
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+def loss_weights(
+    config: FinetuneConfig, labels: list[str], targets: np.ndarray
+) -> list[float] | None:
+    """Class weights of the cross-entropy (single-label) or ``pos_weight`` of the BCE
+    (multilabel) from ``--class-weights balanced`` / ``--pos-weight``."""
+    if config.task == "multilabel":
+        if config.pos_weight is None and config.class_weights is None:
+            return None
+        if config.pos_weight not in (None, "balanced"):
+            return [float(config.pos_weight)] * len(labels)
+        positives = targets.sum(axis=0)
+        return [float((len(targets) - p) / max(p, 1)) for p in positives]
+    if config.task not in ("classification", "token-classification"):
+        return None
+    counts = np.bincount(targets[targets >= 0], minlength=len(labels)).astype(float)
+    if config.class_weights == "balanced":
+        weights = counts.sum() / (len(labels) * np.maximum(counts, 1.0))
+    else:
+        weights = np.ones(len(labels))
+    if config.pos_weight is not None:
+        if len(labels) != 2:
+            raise ConfigError("pos_weight needs a binary task; use --class-weights for more")
+        weights[1] *= (
+            counts[0] / max(counts[1], 1.0)
+            if config.pos_weight == "balanced"
+            else float(config.pos_weight)
+        )
+    if config.class_weights is None and config.pos_weight is None:
+        return None
+    return [float(w) for w in weights]
+
+
+def build_model(
+    config: FinetuneConfig,
+    alphabet: str,
+    labels: list[str],
+    weights: list[float] | None,
+    longest: int,
+) -> torch.nn.Module:
+    """The head model: warm started from ``config.model_dir`` (its encoder and tokenizer) or
+    a new encoder of ``config.preset`` (default by alphabet) with ``config.tokenizer``."""
+    cls = MODEL_CLASSES[HEAD_CLASSES[config.task]]
+    head: dict[str, Any] = (
+        {"pooling": config.pooling} if config.task != "token-classification" else {}
+    )
+    if config.task == "regression":
+        head["num_outputs"] = 1
+    else:
+        head["label2id"] = {label: i for i, label in enumerate(labels)}
+        head["class_weights"] = weights
+        if config.task == "multilabel":
+            head["problem_type"] = "multi_label"
+    if config.model_dir is not None:
+        model = load_model(config.model_dir, model_class=cls, **head)
+        if model.tokenizer is None:
+            raise ConfigError(
+                f"{config.model_dir} has no tokenizer.json: fine-tuning needs the tokenizer the "
+                "model was trained with"
+            )
+        tokenizer = model.tokenizer
+        if config.tokenizer is not None and config.tokenizer != tokenizer.spec:
+            raise ConfigError(
+                f"--tokenizer {config.tokenizer!r} differs from the model's {tokenizer.spec!r}: "
+                "a warm-started model keeps its tokenizer; drop --tokenizer"
+            )
+    else:
+        spec = config.tokenizer or ("protein" if alphabet == "protein" else "dna")
+        tokenizer = Tokenizer.from_spec(spec)
+        preset = config.preset or DEFAULT_PRESETS[alphabet]
+        overrides = dict(config.model)
+        overrides.setdefault(
+            "max_length", max(ModelConfig.from_preset(preset, vocab_size=8).max_length, longest)
+        )
+        model = cls(
+            ModelConfig.from_preset(
+                preset, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, **overrides
+            ),
+            **head,
+        )
+        model.tokenizer = tokenizer
+    if tokenizer.alphabet != alphabet:
+        raise ConfigError(
+            f"the data look like {alphabet}, but the tokenizer {tokenizer.spec!r} reads "
+            f"{tokenizer.alphabet}: pick a {alphabet} model or tokenizer"
+        )
+    if model.config.position in ("rotary", "alibi") and model.config.max_length < longest:
+        model.config.max_length = longest  # relative positions: no table limits the length
+    if config.freeze_encoder:
+        for parameter in model.encoder.parameters():
+            parameter.requires_grad_(False)
+    return model
+
+
+def save_model_directory(model: torch.nn.Module, directory: Path, task: Mapping[str, Any]) -> None:
+    """The model directory plus ``task.json``, replaced as a whole."""
+    with atomic_directory(directory) as staging:
+        model.save_pretrained(staging / "model")
+        for item in (staging / "model").iterdir():
+            item.rename(staging / item.name)
+        (staging / "model").rmdir()
+        (staging / TASK_FILE).write_text(json.dumps(dict(task), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneResult:
+    """Where the run wrote its outputs and the final metrics."""
+
+    output_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+    best_step: int
+    seconds: float
+
+
+def _targets(task: str, dataset: Any) -> np.ndarray:
+    if task == "token-classification":
+        return np.concatenate(dataset.labels)
+    return np.stack(dataset.labels)
+
+
+def _valid_loss(task: str, truth: np.ndarray, logits: np.ndarray, model: Any) -> float:
+    """The unweighted training loss of the head on validation predictions."""
+    if task == "regression":
+        std = float(model.target_std[0])
+        return float(np.mean(((logits[:, 0] - truth) / std) ** 2))
+    if task == "multilabel":
+        log_p = -np.logaddexp(0.0, -logits)
+        log_not_p = -np.logaddexp(0.0, logits)
+        return float(-np.mean(truth * log_p + (1 - truth) * log_not_p))
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(truth)), truth]))
+
+
+def finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune, select on validation, evaluate the test split once; see the module doc."""
+
+    config.validate()
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    training = dataclasses.replace(config.training, output_dir=str(output_dir))
+    accelerator = make_accelerator(training, project_dir=output_dir)
+
+    first = next(iter(read_labelled(config.train, config.task, config.read)))
+    alphabet = guess_alphabet(first.sequence)
+    splits, report = prepare_splits(config, alphabet)
+    for line in report.lines():
+        accelerator.print(line)
+    labels = label_vocabulary(config.task, splits["train"])
+    task = TaskInfo(config.task, labels)
+
+    def label_fn(record: SequenceRecord, offsets: np.ndarray) -> Any:
+        if config.task == "token-classification":
+            return token_targets(task, record, offsets)
+        return label_targets(task, [record])[0]
+
+    set_seed(training.seed)
+    longest = max(len(r.sequence) for records in splits.values() for r in records) + 2
+    train_targets = (
+        label_targets(task, splits["train"]) if config.task != "token-classification" else None
+    )
+    provisional = build_model(config, alphabet, labels, None, longest)
+    tokenizer = provisional.tokenizer
+    max_length = config.max_length or provisional.config.max_length
+    datasets = {
+        name: RecordDataset(records, tokenizer, max_length=max_length, labels=label_fn)
+        for name, records in splits.items()
+    }
+    if train_targets is None:
+        train_targets = _targets(config.task, datasets["train"])
+    weights = loss_weights(config, labels, train_targets)
+    set_seed(training.seed)
+    model = build_model(config, alphabet, labels, weights, longest) if weights else provisional
+    if config.task == "regression":
+        model.fit_target_scaling(torch.as_tensor(train_targets, dtype=torch.float32))
+
+    sampler = TokenBudgetBatchSampler(
+        datasets["train"].lengths,
+        max(config.max_tokens, int(datasets["train"].lengths.max())),
+        shuffle=True,
+        seed=training.seed,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+    steps_per_epoch = max(len(sampler) // training.gradient_accumulation_steps, 1)
+    max_steps = config.max_steps or max(math.ceil(config.epochs * steps_per_epoch), 1)
+    training.max_steps = max_steps
+    training.warmup_steps = round(config.warmup_fraction * max_steps)
+    training.eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)
+    training.save_every = 0
+    training.keep_last = 1
+    training.log_every = min(training.log_every, max(training.eval_every, 1))
+
+    optimizer = build_optimizer(model, training)
+    scheduler = build_scheduler(optimizer, training)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    collator = PaddingCollator(tokenizer.pad_id, token_labels=config.task == "token-classification")
+    batches = BatchStream(datasets["train"], sampler, collator)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(state, batches)
+
+    if output_dir.exists() and (output_dir / "log.jsonl").exists() and accelerator.is_main_process:
+        (output_dir / "log.jsonl").unlink()
+    log = MetricsLog(accelerator, output_dir / "log.jsonl")
+    checkpointer = Checkpointer(accelerator, output_dir / "checkpoints", training.keep_last)
+    model_dir = output_dir / "model"
+    select = config.select_metric or SELECT_METRICS[config.task]
+    valid_truth = _targets(config.task, datasets["valid"])
+    best: dict[str, Any] = {"score": -math.inf, "step": None}
+
+    def evaluate() -> dict[str, float]:
+        network = accelerator.unwrap_model(model)
+        logits = predict_logits(
+            network, datasets["valid"], max_tokens=config.max_tokens, accelerator=accelerator
+        )
+        flat = np.concatenate(logits) if config.task == "token-classification" else np.stack(logits)
+        truth = valid_truth
+        if config.task == "token-classification":
+            keep = truth >= 0
+            flat, truth = flat[keep], truth[keep]
+        token_task = (
+            TaskInfo("classification", labels) if config.task == "token-classification" else task
+        )
+        result = metrics_from_scores(
+            token_task, truth, probabilities(token_task, flat), bootstrap=0, seed=0
+        )
+        values = {f"valid_{name}": entry["value"] for name, entry in result["metrics"].items()}
+        values["valid_loss"] = _valid_loss(config.task, truth, flat, network)
+        if select not in result["metrics"]:
+            raise ConfigError(f"select_metric {select!r} is not one of {sorted(result['metrics'])}")
+        score = result["metrics"][select]["value"]
+        score = -score if select in ("rmse", "mae") else score
+        score = score if math.isfinite(score) else -math.inf
+        if best["step"] is None or score > best["score"]:
+            best.update(score=score, step=state.step)
+            if accelerator.is_main_process:
+                save_model_directory(network, model_dir, task.to_dict())
+            accelerator.wait_for_everyone()
+        return values
+
+    if accelerator.is_main_process:
+        resolved = {**config.to_dict(), "training": dataclasses.asdict(training)}
+        with atomic_write(output_dir / "config.yaml") as handle:
+            yaml.safe_dump(resolved, handle, sort_keys=False)
+        run_info = {
+            **provenance(training.seed),
+            "num_processes": accelerator.num_processes,
+            "alphabet": alphabet,
+            "labels": labels,
+            "splits": dataclasses.asdict(report),
+        }
+        with atomic_write(output_dir / "run.json") as handle:
+            json.dump(run_info, handle, indent=2)
+    context = LoopContext(
+        checkpointer=checkpointer,
+        log=log,
+        evaluate=evaluate,
+        count=_target_counter(config.task),
+        desc="finetune",
+        resume_hint="start the run again (fine-tuning runs are short)",
+    )
+    try:
+        train_loop(accelerator, model, optimizer, scheduler, batches, state, training, context)
+    finally:
+        accelerator.end_training()
+    if accelerator.is_main_process:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+    metrics = final_evaluation(config, model_dir, splits, accelerator, report, best["step"])
+    elapsed = time.perf_counter() - started
+    if accelerator.is_main_process:
+        metrics["seconds"] = elapsed
+        with atomic_write(output_dir / "metrics.json") as handle:
+            json.dump(metrics, handle, indent=2)
+    accelerator.wait_for_everyone()
+    return FinetuneResult(output_dir, model_dir, metrics, best["step"], elapsed)
+
+
+def _target_counter(task: str) -> Any:
+    """What the loss of a micro-batch is normalised by: tokens with a label for token
+    classification, sequences otherwise."""
+    if task == "token-classification":
+        return count_targets
+    return lambda batch: len(batch["input_ids"])
+
+
+def final_evaluation(
+    config: FinetuneConfig,
+    model_dir: Path,
+    splits: Mapping[str, list[SequenceRecord]],
+    accelerator: Any,
+    report: SplitReport,
+    best_step: int,
+) -> dict[str, Any]:
+    """Reload the selected model; tune the threshold on validation if asked (stored in
+    ``task.json``); evaluate validation and, once, test; write the prediction TSVs."""
+    model = load_model(model_dir).to(accelerator.device)
+    task = load_task(model, model_dir)
+    if config.tune_threshold and task.problem in ("binary", "multilabel"):
+        valid = predict_records(
+            model, splits["valid"], task, max_tokens=config.max_tokens, accelerator=accelerator
+        )
+        truth = label_targets(task, splits["valid"])
+        scores = valid.scores[:, 1] if task.problem == "binary" else valid.scores
+        tuned = tune_threshold(truth, scores, "mcc")
+        task.threshold = tuned.tolist() if isinstance(tuned, np.ndarray) else float(tuned)
+        if accelerator.is_main_process:
+            with atomic_write(model_dir / TASK_FILE) as handle:
+                json.dump(task.to_dict(), handle, indent=2)
+    output_dir = Path(config.output_dir)
+    metrics: dict[str, Any] = {
+        "task": config.task,
+        "labels": task.labels,
+        "threshold": task.threshold,
+        "seed": config.training.seed,
+        "bootstrap_seed": 0,
+        "best_step": best_step,
+        "splits": dataclasses.asdict(report),
+    }
+    for name in ("valid", "test"):
+        if name not in splits:
+            continue
+        result, predictions = evaluate_records(
+            model,
+            splits[name],
+            task,
+            max_tokens=config.max_tokens,
+            bootstrap=config.bootstrap,
+            seed=0,
+            accelerator=accelerator,
+        )
+        metrics[name] = result
+        if predictions is not None and accelerator.is_main_process:
+            write_predictions_tsv(predictions, output_dir / f"predictions_{name}.tsv")
+        last_split, last_predictions = name, predictions
+    if config.plots and accelerator.is_main_process:
+        sections = {name: metrics[name] for name in ("valid", "test") if name in metrics}
+        write_report(
+            output_dir,
+            task,
+            splits[last_split],
+            last_predictions,
+            sections,
+            log_path=output_dir / "log.jsonl",
+        )
+    return metrics
+
+
+def write_report(
+    directory: Path,
+    task: Any,
+    records: Sequence[SequenceRecord],
+    predictions: Any,
+    sections: Mapping[str, Mapping[str, Any]],
+    *,
+    log_path: Path | None = None,
+) -> Path:
+    """Plots of ``predictions`` on ``records`` (ROC, precision-recall and confusion matrix, or
+    predicted vs true), training curves from ``log_path``, and ``report.html`` with the
+    metrics of every section (e.g. valid, test)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Path] = {}
+    if log_path is not None and log_path.exists():
+        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        if any("loss" in row for row in rows):
+            images["training curves"] = plots_path = directory / "training_curves.png"
+            plots.plot_training_curves(rows, plots_path)
+    if predictions is not None and task.task in ("classification", "multilabel", "regression"):
+        truth, scores = label_targets(task, records), np.asarray(predictions.scores)
+        if task.task == "regression":
+            images["predicted vs true"] = directory / "predicted_vs_true.png"
+            plots.plot_predicted_vs_true(truth, scores[:, 0], images["predicted vs true"])
+        elif len(np.unique(truth)) > 1:
+            binary = task.problem == "binary"
+            curve_scores = scores[:, 1] if binary else scores
+            names = None if binary else task.labels
+            images["ROC"] = directory / "roc.png"
+            plots.plot_roc(truth, curve_scores, images["ROC"], labels=names)
+            images["precision-recall"] = directory / "precision_recall.png"
+            plots.plot_precision_recall(
+                truth, curve_scores, images["precision-recall"], labels=names
+            )
+            if task.task == "classification":
+                images["confusion matrix"] = directory / "confusion_matrix.png"
+                plots.plot_confusion_matrix(
+                    [task.labels[i] for i in truth],
+                    [task.labels[i] for i in decide(task, scores)],
+                    task.labels,
+                    images["confusion matrix"],
+                )
+    table = {
+        f"{section} {name}": entry
+        for section, result in sections.items()
+        for name, entry in result.get("metrics", {}).items()
+    }
+    notes = [f"task: {task.task}", f"labels: {task.labels}", f"threshold: {task.threshold}"]
+    notes += [
+        f"{section}: {note}"
+        for section, result in sections.items()
+        for note in result.get("notes", [])
+    ]
+    return plots.write_report_html(
+        directory / "report.html",
+        title=f"biotransformer: {task.task}",
+        metrics=table,
+        images=images,
+        notes=notes,
+    )
