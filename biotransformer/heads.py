@@ -79,7 +79,12 @@ class HeadConfig:
 
 @dataclass
 class MaskedLMHeadConfig(HeadConfig):
-    """The masked-LM head has no options; ``ModelConfig.tie_embeddings`` ties its decoder."""
+    """``target_logits_only``: when ``labels`` are given, run the head only at the target
+    positions (label not -100): the same loss for less work and memory, and ``logits`` is then
+    (num_targets, vocab_size), rows in the order of ``labels != -100``. Without labels the
+    logits are always (B, T, vocab_size). ``ModelConfig.tie_embeddings`` ties the decoder."""
+
+    target_logits_only: bool = False
 
 
 @dataclass
@@ -313,9 +318,11 @@ class MaskedLMHead(nn.Module):
 
 class MaskedLM(BioTransformerModel):
     """Masked-token prediction; ``labels`` (B, T) hold the original ids at masked positions
-    and -100 elsewhere. Logits are (B, T, vocab_size)."""
+    and -100 elsewhere. Logits are (B, T, vocab_size), or (num_targets, vocab_size) with
+    labels and ``target_logits_only``."""
 
     head_config_class = MaskedLMHeadConfig
+    head_config: MaskedLMHeadConfig
 
     def __init__(
         self, config: ModelConfig, head: HeadConfig | None = None, **head_options: Any
@@ -337,7 +344,11 @@ class MaskedLM(BioTransformerModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         encoded = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
-        logits = self.lm_head(encoded.last_hidden_state)  # (B, T, V)
+        hidden = encoded.last_hidden_state  # (B, T, C)
+        if labels is not None and self.head_config.target_logits_only:
+            targets = labels != IGNORE_INDEX  # (B, T)
+            hidden, labels = hidden[targets], labels[targets]  # (N, C), (N,)
+        logits = self.lm_head(hidden)  # (B, T, V) or (N, V)
         output = ModelOutput(
             logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
         )

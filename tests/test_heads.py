@@ -266,3 +266,22 @@ def test_tokenizer_travels_with_the_model(tmp_path: Path) -> None:
     (tmp_path / "model" / "tokenizer.json").write_text("{")
     with pytest.raises(ModelDirectoryError, match=r"tokenizer\.json.*Fix"):
         bt.load_model(tmp_path / "model")
+
+
+def test_masked_lm_target_logits_only_matches_full_loss() -> None:
+    torch.manual_seed(0)
+    full = bt.MaskedLM(tiny())
+    sparse = bt.MaskedLM(tiny(), target_logits_only=True)
+    sparse.load_state_dict(full.state_dict())
+    ids, mask = batch()
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 1], labels[1, 3] = 5, 7, 2
+    expected, got = full(ids, mask, labels=labels), sparse(ids, mask, labels=labels)
+    assert got.logits.shape == (3, VOCAB) and got.num_targets.item() == 3
+    torch.testing.assert_close(got.logits, expected.logits[labels != -100], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.loss, expected.loss, atol=1e-6, rtol=0)
+    expected.loss.backward()
+    got.loss.backward()
+    for a, b in zip(full.parameters(), sparse.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=0)
+    assert sparse(ids, mask).logits.shape == (2, 7, VOCAB)
