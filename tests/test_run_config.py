@@ -95,7 +95,7 @@ def test_bad_values_name_the_field(tmp_path, override, message):
 
 
 def test_data_source_must_be_given_once():
-    with pytest.raises(ConfigError, match="train_files or data.shard_dir"):
+    with pytest.raises(ConfigError, match=r"train_files or data\.shard_dir"):
         run_config_from_dict({"model": {"preset": "tiny"}})
     with pytest.raises(ConfigError, match="only one of"):
         run_config_from_dict({"data": {"shard_dir": "x", "train_files": ["a.fa"]}})

@@ -537,8 +537,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     train_1, valid_1 = read_log(single)
     train_2, valid_2 = read_log(double)
     assert [r["step"] for r in train_1] == [r["step"] for r in train_2] == list(range(1, 9))
-    for a, b in zip(train_1, train_2, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
-        assert b["lr"] == pytest.approx(a["lr"], rel=1e-12)
-    for a, b in zip(valid_1, valid_2, strict=True):
-        assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=1e-5)
+    assert [r["lr"] for r in train_1] == pytest.approx([r["lr"] for r in train_2], rel=1e-12)
+    pairs = [(a["loss"], b["loss"]) for a, b in zip(train_1, train_2, strict=True)]
+    pairs += [(a["valid_loss"], b["valid_loss"]) for a, b in zip(valid_1, valid_2, strict=True)]
+    worst = max(abs(b - a) / abs(a) for a, b in pairs)
+    print(f"2 ranks vs 1 process: largest relative loss difference {worst:.2e}")
+    assert worst < 1e-5
