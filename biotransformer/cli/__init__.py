@@ -20,6 +20,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pretrain",
     "prepare",
     "convert",
+    "finetune",
+    "evaluate",
+    "predict",
+    "embed",
 )
 
 

@@ -1,0 +1,106 @@
+"""``biotransformer evaluate``: metrics of a model directory on labelled data, with 95% CIs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from biotransformer.cli.finetune import add_label_options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` command."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a model directory on labelled data (metrics with bootstrap CIs)",
+        description=(
+            "Classification: accuracy, F1, MCC, AUROC, AUPRC (average precision); regression: "
+            "Pearson, Spearman, R^2, RMSE, MAE; masked-LM: held-out loss and perplexity. Each "
+            "with a percentile bootstrap 95%% confidence interval. A decision threshold "
+            "stored with the model (model/task.json, from finetune --tune-threshold) is used."
+        ),
+    )
+    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    parser.add_argument("--data", required=True, metavar="FILE", help="labelled FASTA/CSV/TSV")
+    parser.add_argument(
+        "--metrics-out",
+        metavar="FILE.json",
+        help="write the metrics as JSON here (default: print them)",
+    )
+    parser.add_argument(
+        "--predictions-out", metavar="FILE.tsv", help="also write the predictions as TSV"
+    )
+    parser.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="write ROC/PR/confusion or predicted-vs-true plots and report.html here",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold for binary classification (default: the stored one, or 0.5)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and masking")
+    parser.add_argument(
+        "--mask-rate",
+        type=float,
+        default=0.15,
+        help="masked-LM: share of tokens masked for the held-out loss (default: 0.15)",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
+    )
+    add_label_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and write or print the metrics."""
+    from biotransformer.finetune import ReadOptions, read_labelled, write_report
+    from biotransformer.heads import load_model
+    from biotransformer.inference import evaluate_records, load_task, write_predictions_tsv
+
+    model = load_model(args.model)
+    task = load_task(model, args.model)
+    if args.threshold is not None:
+        task.threshold = args.threshold
+    read = ReadOptions(
+        sequence_column=args.sequence_column,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        label_from=args.label_from,
+        labels_file=args.labels_file,
+    )
+    masked_lm = task.task == "masked-lm"
+    records = read_labelled(
+        args.data, "classification" if masked_lm else task.task, read, labelled=not masked_lm
+    )
+    metrics, predictions = evaluate_records(
+        model,
+        records,
+        task,
+        max_tokens=args.max_tokens,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        mask_rate=args.mask_rate,
+    )
+    metrics = {"model": str(args.model), "data": str(args.data), "seed": args.seed, **metrics}
+    text = json.dumps(metrics, indent=2)
+    if args.metrics_out:
+        from biotransformer.atomic import atomic_write
+
+        with atomic_write(args.metrics_out) as handle:
+            handle.write(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    if predictions is not None and args.predictions_out:
+        write_predictions_tsv(predictions, args.predictions_out)
+    if args.report_dir:
+        write_report(Path(args.report_dir), task, records, predictions, {"data": metrics})
+    return 0

@@ -1,0 +1,251 @@
+"""``biotransformer finetune``: labelled FASTA/CSV to a selected model and test metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+from biotransformer.errors import ConfigError
+
+TASK_CHOICES = ("classification", "multilabel", "regression", "token-classification")
+
+
+def column(value: str) -> str | int:
+    """A column name, or a 0-based position when the value is a number."""
+    return int(value) if value.isdigit() else value
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """The ``read_sequences`` options shared by finetune and evaluate."""
+    group = parser.add_argument_group("reading sequences and labels")
+    group.add_argument(
+        "--sequence-column",
+        type=column,
+        default="sequence",
+        help="CSV/TSV column holding the sequences: a name, or a 0-based position "
+        "(default: sequence)",
+    )
+    group.add_argument(
+        "--label-column",
+        type=column,
+        default="label",
+        help="CSV/TSV column holding the labels, or the label column of --labels-file "
+        "(default: label)",
+    )
+    group.add_argument(
+        "--id-column",
+        type=column,
+        default=None,
+        help="CSV/TSV column holding record ids, or the id column of --labels-file "
+        "(default: FILE:LINE for tables, 'id' in a labels file)",
+    )
+    group.add_argument(
+        "--label-from",
+        default=None,
+        metavar="SPEC",
+        help="FASTA/FASTQ labels from the header: key:NAME (a NAME=value pair), field:N "
+        "(0-based '|' field) or regex:PATTERN (one group)",
+    )
+    group.add_argument(
+        "--labels-file",
+        default=None,
+        metavar="FILE",
+        help="a CSV/TSV sidecar table with an id and a label column, matched by record id",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``finetune`` command."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on labelled sequences and evaluate it",
+        description=(
+            "Fine-tune an encoder with a task head on labelled FASTA/CSV/TSV data. Missing "
+            "validation/test splits are carved out of --train after removing duplicates "
+            "(reverse complements included for DNA), stratified by label or by --group-column. "
+            "The model is selected on validation; the test split is evaluated once at the end. "
+            "OUT receives model/, metrics.json, predictions_*.tsv, config.yaml, run.json, "
+            "log.jsonl, plots and report.html."
+        ),
+        epilog=(
+            "examples:\n"
+            "  biotransformer finetune --train train.csv --task classification --out runs/x\n"
+            "  biotransformer finetune --train train.csv --valid dev.csv --test test.csv "
+            "--model runs/pretrain/model --out runs/y --epochs 5 --lr 1e-3\n"
+            "  biotransformer finetune --train seqs.fasta --label-from key:class "
+            "--preset tiny --out runs/z model.num_layers=2 training.weight_decay=0.0"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--train", required=True, metavar="FILE", help="labelled training data")
+    parser.add_argument(
+        "--valid",
+        metavar="FILE",
+        help="validation data (default: --valid-fraction of --train, without leakage)",
+    )
+    parser.add_argument(
+        "--test",
+        metavar="FILE",
+        help="test data (default: --test-fraction of --train, without leakage)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASK_CHOICES,
+        default="classification",
+        help="classification (binary or multi-class), multilabel (comma-separated labels), "
+        "regression (numbers) or token-classification (one label character per residue) "
+        "(default: classification)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="DIR",
+        help="warm start from this model directory (e.g. a pretrained masked-LM); its "
+        "tokenizer is used",
+    )
+    model.add_argument(
+        "--preset",
+        help="architecture of a new model (default: dna-t6-8M for DNA, protein-t6-8M for "
+        "protein, detected from the data)",
+    )
+    model.add_argument(
+        "--tokenizer",
+        metavar="SPEC",
+        help="tokenizer of a new model: dna, dna-kmer:k=6, protein... (default: dna or protein)",
+    )
+    model.add_argument(
+        "--pooling",
+        choices=("cls", "mean", "max", "attention"),
+        default="mean",
+        help="how a sequence head pools token states (default: mean)",
+    )
+    model.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the head only (a linear probe on the encoder's features)",
+    )
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=float, default=3.0, help="passes over train (default: 3)")
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")
+    train.add_argument(
+        "--max-tokens",
+        type=int,
+        default=8192,
+        help="padded tokens per batch; batches are filled by length (default: 8192)",
+    )
+    train.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="crop sequences to this many tokens (default: the model's max_length)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed of splits, init, batches")
+    train.add_argument(
+        "--class-weights",
+        choices=("balanced",),
+        default=None,
+        help="weight the cross-entropy by inverse class frequency (multilabel: pos_weight)",
+    )
+    train.add_argument(
+        "--pos-weight",
+        default=None,
+        metavar="W|balanced",
+        help="weight of positives: binary classification (class 1) or every label of a "
+        "multilabel task; 'balanced' uses negatives/positives",
+    )
+    train.add_argument(
+        "--tune-threshold",
+        action="store_true",
+        help="tune the decision threshold for MCC on validation; stored in model/task.json",
+    )
+    split = parser.add_argument_group("splits")
+    split.add_argument(
+        "--valid-fraction", type=float, default=0.1, help="share of train for validation (0.1)"
+    )
+    split.add_argument(
+        "--test-fraction", type=float, default=0.1, help="share of train for test (0.1)"
+    )
+    split.add_argument(
+        "--group-column",
+        type=column,
+        default=None,
+        help="keep records with the same value together: a CSV/TSV column, or for FASTA a "
+        "--label-from style spec (key:cluster)",
+    )
+    split.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the 95%% confidence intervals (default: 1000)",
+    )
+    add_label_options(parser)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides: training.KEY (e.g. training.weight_decay=0), model.KEY for a "
+        "new model (model.num_layers=2), or a fine-tuning key (evals_per_epoch=2)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def build_config(args: argparse.Namespace) -> object:
+    """The ``FinetuneConfig`` of the parsed arguments and overrides."""
+    from biotransformer.finetune import FinetuneConfig, ReadOptions, apply_overrides
+
+    config = FinetuneConfig(
+        train=args.train,
+        valid=args.valid,
+        test=args.test,
+        task=args.task,
+        output_dir=args.out,
+        model_dir=args.model,
+        preset=args.preset,
+        tokenizer=args.tokenizer,
+        pooling=args.pooling,
+        freeze_encoder=args.freeze_encoder,
+        epochs=args.epochs,
+        max_tokens=args.max_tokens,
+        max_length=args.max_length,
+        class_weights=args.class_weights,
+        pos_weight=_pos_weight(args.pos_weight),
+        tune_threshold=args.tune_threshold,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        bootstrap=args.bootstrap,
+        read=ReadOptions(
+            sequence_column=args.sequence_column,
+            label_column=args.label_column,
+            id_column=args.id_column,
+            label_from=args.label_from,
+            labels_file=args.labels_file,
+            group_column=args.group_column,
+        ),
+    )
+    config.training.seed = args.seed
+    if args.lr is not None:
+        config.training.lr = args.lr
+    return apply_overrides(config, args.overrides)
+
+
+def _pos_weight(value: str | None) -> float | str | None:
+    if value is None or value == "balanced":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--pos-weight {value!r}: give a number or 'balanced'") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune and print where the results are."""
+    from biotransformer.finetune import finetune
+
+    result = finetune(build_config(args))
+    split = "test" if "test" in result.metrics else "valid"
+    summary = ", ".join(
+        f"{name} {entry['value']:.4f}" for name, entry in result.metrics[split]["metrics"].items()
+    )
+    print(f"{split}: {summary}")
+    print(f"model: {result.model_dir}; metrics: {result.output_dir / 'metrics.json'}")
+    return 0

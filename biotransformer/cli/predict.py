@@ -1,0 +1,70 @@
+"""``biotransformer predict``: a fine-tuned model's predictions for every input record."""
+
+from __future__ import annotations
+
+import argparse
+
+from biotransformer.cli.finetune import column
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict labels or values for sequences, to TSV",
+        description=(
+            "Run a fine-tuned model directory over FASTA/CSV/TSV sequences and write one TSV "
+            "row per record, in input order: id, prediction, then prob_<label> per class "
+            "(classification, multilabel) or value (regression). Binary classification uses "
+            "the threshold stored with the model (finetune --tune-threshold), else 0.5."
+        ),
+    )
+    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
+    parser.add_argument("--out", required=True, metavar="FILE.tsv", help="predictions TSV")
+    parser.add_argument(
+        "--sequence-column",
+        type=column,
+        default="sequence",
+        help="CSV/TSV column of the sequences: name or 0-based position (default: sequence)",
+    )
+    parser.add_argument(
+        "--id-column",
+        type=column,
+        default=None,
+        help="CSV/TSV column of the ids (default: FILE:LINE)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold for binary/multilabel (default: the stored one, or 0.5)",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict and write the TSV."""
+    from biotransformer.heads import load_model
+    from biotransformer.inference import load_task, predict_records, write_predictions_tsv
+    from biotransformer.io import read_sequences
+
+    model = load_model(args.model)
+    task = load_task(model, args.model)
+    if args.threshold is not None:
+        task.threshold = args.threshold
+    records = list(
+        read_sequences(
+            args.input,
+            sequence_column=args.sequence_column,
+            id_column=args.id_column,
+            label_column=None,
+        )
+    )
+    predictions = predict_records(model, records, task, max_tokens=args.max_tokens)
+    write_predictions_tsv(predictions, args.out)
+    print(f"{len(records)} predictions written to {args.out}")
+    return 0
