@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from biotransformer.heads import MaskedLM, SequenceClassifier, SequenceRegressor
+from biotransformer.heads import MaskedLM, SequenceClassifier, SequenceRegressor, load_model
 from biotransformer.inference import (
     TaskInfo,
     embed_records,
@@ -151,3 +151,70 @@ def test_resolve_layers_refuses_missing_layers():
     assert resolve_layers([-2, 0], 4) == [3, 0]
     with pytest.raises(ConfigError, match="layer 5 does not exist"):
         resolve_layers([5], 4)
+
+
+TWO_RANK_SCRIPT = """
+import json, sys
+import numpy as np
+from biotransformer.config import TrainingConfig
+from biotransformer.heads import load_model
+from biotransformer.inference import embed_records, evaluate_records, load_task
+from biotransformer.io import read_sequences
+from biotransformer.train import make_accelerator
+
+model_dir, data, out = sys.argv[1:4]
+accelerator = make_accelerator(TrainingConfig())
+model = load_model(model_dir)
+records = list(read_sequences(data, label_from="key:y"))
+task = load_task(model, model_dir)
+result, predictions = evaluate_records(
+    model, records, task, bootstrap=30, max_tokens=64, accelerator=accelerator
+)
+pooled = embed_records(model, records, max_tokens=64, accelerator=accelerator).pooled
+if accelerator.is_main_process:
+    json.dump(
+        {"metrics": result, "scores": predictions.scores.tolist(), "pooled": pooled.tolist(),
+         "processes": accelerator.num_processes},
+        open(out, "w"),
+    )
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_rank_evaluation_equals_one_process(records, tmp_path):
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
+    model.save_pretrained(tmp_path / "model")
+    # 41 records: an odd count, so the ranks' shares differ and a batch is repeated
+    extra = SequenceRecord("odd/41", "ACGTTGCA", "1")
+    fasta = "".join(f">{r.id} y={r.label}\n{r.sequence}\n" for r in [*records, extra])
+    (tmp_path / "data.fa").write_text(fasta)
+    (tmp_path / "run.py").write_text(TWO_RANK_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun) if torchrun.exists() else shutil.which("torchrun")]
+    subprocess.run(
+        [*command, "--nproc_per_node", "2", "--master_port", "29571", str(tmp_path / "run.py"),
+         str(tmp_path / "model"), str(tmp_path / "data.fa"), str(tmp_path / "two.json")],
+        check=True,
+        capture_output=True,
+        timeout=170,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["processes"] == 2
+    loaded = load_model(tmp_path / "model")
+    task = task_of_model(loaded)
+    everything = [*records, extra]
+    one, predictions = evaluate_records(loaded, everything, task, bootstrap=30, max_tokens=64)
+    np.testing.assert_allclose(two["scores"], predictions.scores, atol=1e-6)
+    pooled = embed_records(loaded, everything, max_tokens=64).pooled
+    np.testing.assert_allclose(two["pooled"], pooled, atol=1e-6)
+    for name, entry in one["metrics"].items():
+        assert two["metrics"]["metrics"][name] == pytest.approx(entry, abs=1e-9), name
