@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_tokenize_benchmark_smoke(repo_root, tmp_path):
     out = tmp_path / "tokenize.json"
@@ -75,3 +77,33 @@ def test_padding_benchmark_smoke(repo_root, tmp_path):
     assert {"date", "machine", "versions", "figures", "targets", "all_targets_met"} <= set(result)
     figures = result["figures"]
     assert figures["token_budget_real_share"] > figures["random_batches_real_share"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_gue_benchmark_smoke(repo_root, shared_data, tmp_path):
+    out = tmp_path / "gue.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmarks" / "gue.py"),
+            "--smoke",
+            "--data",
+            str(shared_data),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=170,
+    )
+    result = json.loads(out.read_text())
+    assert {"date", "machine", "versions", "settings", "tasks", "peptides", "wall_time_s"} <= set(
+        result
+    )
+    for name in ("prom_300_tata", "tf_0"):
+        task = result["tasks"][name]
+        assert {"mcc_mean", "mcc_sd", "runs"} <= set(task["scratch"])
+        assert -1.0 <= task["baseline_kmer3to6_logreg_mcc"] <= 1.0
+        assert task["dnabert2_published_mcc"] > 0.7
+    assert result["peptides"]["n_distinct"] == 4642
