@@ -56,10 +56,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Embed and write the HDF5 file."""
     from biotransformer.heads import load_model
-    from biotransformer.inference import embed_records, write_embeddings_h5
+    from biotransformer.inference import (
+        embed_records,
+        is_main,
+        launched_accelerator,
+        write_embeddings_h5,
+    )
     from biotransformer.io import read_sequences
 
+    accelerator = launched_accelerator()
     model = load_model(args.model)
+    if accelerator is not None:
+        model.to(accelerator.device)
     records = list(
         read_sequences(
             args.input,
@@ -74,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         layers=args.layers,
         per_token=args.per_token,
         max_tokens=args.max_tokens,
+        accelerator=accelerator,
     )
+    if not is_main(accelerator):
+        return 0
     write_embeddings_h5(
         embeddings,
         args.out,

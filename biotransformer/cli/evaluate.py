@@ -64,9 +64,18 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and write or print the metrics."""
     from biotransformer.finetune import ReadOptions, read_labelled, write_report
     from biotransformer.heads import load_model
-    from biotransformer.inference import evaluate_records, load_task, write_predictions_tsv
+    from biotransformer.inference import (
+        evaluate_records,
+        is_main,
+        launched_accelerator,
+        load_task,
+        write_predictions_tsv,
+    )
 
+    accelerator = launched_accelerator()
     model = load_model(args.model)
+    if accelerator is not None:
+        model.to(accelerator.device)
     task = load_task(model, args.model)
     if args.threshold is not None:
         task.threshold = args.threshold
@@ -89,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         mask_rate=args.mask_rate,
+        accelerator=accelerator,
     )
+    if not is_main(accelerator):
+        return 0
     metrics = {"model": str(args.model), "data": str(args.data), "seed": args.seed, **metrics}
     text = json.dumps(metrics, indent=2)
     if args.metrics_out:

@@ -49,10 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict and write the TSV."""
     from biotransformer.heads import load_model
-    from biotransformer.inference import load_task, predict_records, write_predictions_tsv
+    from biotransformer.inference import (
+        is_main,
+        launched_accelerator,
+        load_task,
+        predict_records,
+        write_predictions_tsv,
+    )
     from biotransformer.io import read_sequences
 
+    accelerator = launched_accelerator()
     model = load_model(args.model)
+    if accelerator is not None:
+        model.to(accelerator.device)
     task = load_task(model, args.model)
     if args.threshold is not None:
         task.threshold = args.threshold
@@ -64,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
             label_column=None,
         )
     )
-    predictions = predict_records(model, records, task, max_tokens=args.max_tokens)
+    predictions = predict_records(
+        model, records, task, max_tokens=args.max_tokens, accelerator=accelerator
+    )
+    if not is_main(accelerator):
+        return 0
     write_predictions_tsv(predictions, args.out)
     print(f"{len(records)} predictions written to {args.out}")
     return 0
