@@ -116,7 +116,9 @@ class FinetuneConfig:
     its ``max_steps`` is derived from ``epochs`` unless ``max_steps`` is set here, and its
     ``output_dir`` is ``output_dir``. ``model`` holds ModelConfig overrides for a preset.
     The model is evaluated on validation ``evals_per_epoch`` times per epoch (or per run, when
-    the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept."""
+    the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept
+    (default: MCC, R^2 for regression, AUROC with ``tune_threshold``, whose threshold is tuned
+    after selection)."""
 
     train: str
     output_dir: str
@@ -578,7 +580,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
     checkpointer = Checkpointer(accelerator, output_dir / "checkpoints", training.keep_last)
     model_dir = output_dir / "model"
-    select = config.select_metric or SELECT_METRICS[config.task]
+    select = config.select_metric or (
+        "auroc" if config.tune_threshold else SELECT_METRICS[config.task]
+    )
     valid_truth = _targets(config.task, datasets["valid"])
     best: dict[str, Any] = {"score": -math.inf, "step": None}
 
