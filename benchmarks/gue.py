@@ -1,9 +1,10 @@
 """Fine-tuning quality on GUE prom_300_tata and tf_0, and on the AMP peptide set, on this CPU.
 
 For each GUE task: a k-mer (3..6) count + logistic-regression baseline recomputed on the same
-splits, then ``finetune`` from scratch and from the tiny pretrained model (recipe
-``pretrain_dna_tiny``, pretrained here unless ``--pretrained DIR`` is given), 3 seeds each;
-test MCC mean and standard deviation beside DNABERT-2's published MCC. Peptides: 5-fold
+splits, then ``finetune`` (decision threshold tuned for MCC on validation) from scratch and
+from the tiny pretrained model (recipe ``pretrain_dna_tiny``, pretrained here unless
+``--pretrained DIR`` is given), 3 seeds each; test MCC mean and standard deviation beside
+DNABERT-2's published MCC. Peptides: 5-fold
 cross-validation after de-duplication, with an amino-acid k-mer (1..3) baseline on the same
 folds. Every setting is stored in the JSON with the results.
 
@@ -38,16 +39,16 @@ ARCHITECTURE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_size": 
 FULL = {
     "seeds": [0, 1, 2],
     "gue": {
-        "prom_300_tata": {"max_steps": 60, "valid_rows": 200},
-        "tf_0": {"max_steps": 60, "valid_rows": 200},
+        "prom_300_tata": {"max_steps": 300, "valid_rows": 300},
+        "tf_0": {"max_steps": 300, "valid_rows": 300},
     },
     "max_tokens": 4096,
     "lr": 2e-3,
     "dropout": 0.1,
-    "evals_per_run": 2,
-    "pretrain_steps": 150,
+    "evals_per_run": 3,
+    "pretrain_steps": 300,
     "peptide_folds": 5,
-    "peptide_steps": 40,
+    "peptide_steps": 100,
     "peptide_max_tokens": 4096,
     "bootstrap": 200,
 }
@@ -135,6 +136,7 @@ def finetune_run(
         valid_fraction=valid_fraction,
         test_fraction=0.0,
         bootstrap=settings["bootstrap"],
+        tune_threshold=True,
         plots=False,
     )
     config.training.lr = settings["lr"]
