@@ -111,6 +111,31 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
+def _stratified_counts(
+    sizes: Sequence[int], shares: Sequence[float], rng: np.random.Generator
+) -> np.ndarray:
+    """``counts[k, s]``: records of stratum k in split s. Each split s >= 1 gets its rounded
+    share of all records: every stratum its floor share, the rest by largest remainder (ties
+    at random), so strata too small for a share of their own (e.g. singletons) still fill the
+    split. Split 0 (train) takes what is left."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    counts = np.zeros((len(sizes), len(shares)), dtype=np.int64)
+    for split in range(1, len(shares)):
+        quota = sizes * shares[split]
+        counts[:, split] = np.floor(quota)
+        missing = math.floor(sizes.sum() * shares[split] + 0.5) - int(counts[:, split].sum())
+        room = sizes - counts[:, 1:].sum(axis=1)
+        for stratum in np.lexsort((rng.random(len(sizes)), np.floor(quota) - quota)):
+            if missing <= 0:
+                break
+            if room[stratum] > 0:
+                counts[stratum, split] += 1
+                room[stratum] -= 1
+                missing -= 1
+    counts[:, 0] = sizes - counts[:, 1:].sum(axis=1)
+    return counts
+
+
 @dataclass(frozen=True)
 class SplitResult:
     """Records per split name (``train``, ``valid``, ``test``) and the dedup summary."""
@@ -155,12 +180,13 @@ def split_records(
         by_stratum: dict[object, list[int]] = {}
         for index, stratum in enumerate(_strata(kept)):
             by_stratum.setdefault(stratum, []).append(index)
+        members = list(by_stratum.values())
+        counts = _stratified_counts([len(m) for m in members], shares, rng)
         assignment = np.zeros(len(kept), dtype=np.int64)
-        for members in by_stratum.values():
-            order = rng.permutation(members)
-            counts = _allocate(len(order), shares)
+        for stratum, indices in enumerate(members):
+            order = rng.permutation(indices)
             start = 0
-            for split, count in enumerate(counts):
+            for split, count in enumerate(counts[stratum]):
                 assignment[order[start : start + count]] = split
                 start += count
     else:

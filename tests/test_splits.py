@@ -101,6 +101,16 @@ def test_numeric_labels_are_stratified_by_quantile():
     assert values[0] < 20 and values[-1] > 180
 
 
+def test_strata_of_one_record_still_fill_the_splits():
+    import numpy as np
+
+    # per-residue label strings: every record is its own stratum
+    sequences = random_dna(np.random.default_rng(5), 80)
+    records = [SequenceRecord(f"r{i}", s, s.replace("A", "0")) for i, s in enumerate(sequences)]
+    result = split_records(records, fractions={"valid": 0.1, "test": 0.1}, alphabet="dna")
+    assert [len(result.splits[name]) for name in ("train", "valid", "test")] == [64, 8, 8]
+
+
 def test_empty_split_is_an_input_error():
     records = [record(0, "ACGTAC"), record(1, "GGGTTT")]
     with pytest.raises(InputError, match="valid split is empty"):
