@@ -6,6 +6,10 @@ runs its share and the per-sample results are gathered with their sample indices
 in input order, duplicates (the sampler may repeat a batch to even out ranks) dropped: a
 multi-process run returns exactly what a single process does.
 
+Records longer than the model's ``max_length`` tokens are cut into windows (``windows``):
+sequence outputs are aggregated over a record's windows, token outputs stitched per base.
+``rc_average`` averages the sequence outputs of both DNA strands (``strands``).
+
 A model directory written by ``finetune`` also holds ``task.json`` (task, decision
 threshold); ``load_task`` reads it and falls back to what the model class implies.
 """
@@ -33,6 +37,8 @@ from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
+from biotransformer.strands import average_strands, require_dna, reverse_complement_record
+from biotransformer.windows import WindowOptions, WindowPlan, plan_windows, tokens_to_bases
 
 TASK_FILE = "task.json"
 TASKS = ("classification", "multilabel", "regression", "token-classification", "masked-lm")
@@ -306,12 +312,18 @@ def decide(task: TaskInfo, scores: np.ndarray) -> np.ndarray:
 @dataclass
 class Predictions:
     """Per record: ``scores`` (probabilities, or values for regression; for token tasks one
-    (T_i, C) array per record) and ``predicted`` labels as strings."""
+    (T_i, C) array per record, or (L_i, C) per base for a record cut into windows) and
+    ``predicted`` labels as strings; ``windows``: how many windows each record was cut into."""
 
     ids: list[str]
     task: TaskInfo
     scores: Any
     predicted: list[str]
+    windows: np.ndarray | None = None
+
+    def per_base(self, index: int) -> bool:
+        """Whether the token scores of record ``index`` are per base (it was cut)."""
+        return self.windows is not None and self.windows[index] > 1
 
 
 def predict_records(
@@ -321,25 +333,77 @@ def predict_records(
     *,
     max_tokens: int = 16384,
     accelerator: Any = None,
+    windows: WindowOptions | None = None,
+    rc_average: bool = False,
 ) -> Predictions:
-    """Predictions for ``records`` in their order."""
+    """Predictions for ``records`` in their order; long records are cut into windows, and
+    ``rc_average`` averages both strands' scores (DNA, sequence-level tasks)."""
     if task.task == "masked-lm":
         raise ConfigError(
             "a masked-LM model predicts tokens, not labels: fine-tune it first "
             "(biotransformer finetune --model DIR ...), or use 'embed'"
         )
-    dataset = RecordDataset(records, model.tokenizer, max_length=model.config.max_length)
+    if rc_average:
+        require_dna(model.tokenizer, "reverse-complement averaging")
+        if task.task == "token-classification":
+            raise ConfigError(
+                "reverse-complement averaging applies to sequence-level outputs; per-base "
+                "labels are strand-specific: drop --rc-average"
+            )
+        records = list(records) + [reverse_complement_record(record) for record in records]
+    windows = windows or WindowOptions()
+    plan = plan_windows(records, model.tokenizer, model.config.max_length, windows)
+    dataset = RecordDataset(plan.records, model.tokenizer, max_length=model.config.max_length)
     logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
-    ids = [record.id for record in records]
+    counts = plan.windows_per_record()
     if task.task == "token-classification":
-        scores = [probabilities(task, row) for row in logits]
-        separator = "" if all(len(label) == 1 for label in task.labels) else ","
-        predicted = [
-            separator.join(task.labels[i] for i in decide(task, row)[_content(model, dataset, n)])
-            for n, row in enumerate(scores)
-        ]
-        return Predictions(ids, task, scores, predicted)
+        return _token_predictions(model, task, records, plan, dataset, logits, counts)
     scores = probabilities(task, np.stack(logits))
+    if plan.cut:
+        scores = np.stack(plan.aggregate(list(scores), windows.aggregate))
+    if rc_average:
+        half = len(records) // 2
+        scores = average_strands(scores[:half], scores[half:])
+        records, counts = records[:half], np.maximum(counts[:half], counts[half:])
+    return Predictions(
+        [record.id for record in records], task, scores, label_predictions(task, scores), counts
+    )
+
+
+def _token_predictions(
+    model: torch.nn.Module,
+    task: TaskInfo,
+    records: Sequence[SequenceRecord],
+    plan: WindowPlan,
+    dataset: RecordDataset,
+    logits: list[np.ndarray],
+    counts: np.ndarray,
+) -> Predictions:
+    """Per-token scores and labels; a record cut into windows gets them per base."""
+    scores = [probabilities(task, row) for row in logits]
+    content = [_content(model, dataset, n) for n in range(len(scores))]
+    if plan.cut:
+        per_base = [
+            tokens_to_bases(row, model.tokenizer.offsets(record.sequence), len(record.sequence))
+            for row, record in zip(scores, plan.records, strict=True)
+        ]
+        stitched = plan.stitch(per_base)
+        first = np.searchsorted(plan.owner, np.arange(len(counts)))
+        scores = [stitched[i] if counts[i] > 1 else scores[first[i]] for i in range(len(counts))]
+        content = [
+            np.ones(len(scores[i]), bool) if counts[i] > 1 else content[first[i]]
+            for i in range(len(counts))
+        ]
+    separator = "" if all(len(label) == 1 for label in task.labels) else ","
+    predicted = [
+        separator.join(task.labels[i] for i in decide(task, np.nan_to_num(row))[keep])
+        for row, keep in zip(scores, content, strict=True)
+    ]
+    return Predictions([record.id for record in records], task, scores, predicted, counts)
+
+
+def label_predictions(task: TaskInfo, scores: np.ndarray) -> list[str]:
+    """Predicted labels of sequence-level ``scores``, as strings."""
     if task.task == "regression":
         predicted = [_format_number(row[0]) for row in scores]
     elif task.task == "multilabel":
@@ -349,7 +413,7 @@ def predict_records(
         ]
     else:
         predicted = [task.labels[i] for i in decide(task, scores)]
-    return Predictions(ids, task, scores, predicted)
+    return predicted
 
 
 def _content(model: torch.nn.Module, dataset: RecordDataset, index: int) -> np.ndarray:
@@ -462,13 +526,19 @@ def evaluate_records(
     seed: int = 0,
     accelerator: Any = None,
     mask_rate: float = 0.15,
+    windows: WindowOptions | None = None,
+    rc_average: bool = False,
 ) -> tuple[dict[str, Any], Predictions | None]:
     """Metrics of ``model`` on labelled ``records`` (``evaluate_predictions``' dict, with the
-    threshold used) and the predictions they were computed from (None for masked-LM)."""
+    threshold used) and the predictions they were computed from (None for masked-LM). Long
+    records are cut into windows; ``rc_average`` averages both DNA strands' scores."""
     if task.task == "masked-lm":
+        if rc_average:
+            raise ConfigError("reverse-complement averaging does not apply to a masked-LM loss")
+        plan = plan_windows(records, model.tokenizer, model.config.max_length, windows)
         return evaluate_masked_lm_records(
             model,
-            records,
+            plan.records,
             max_tokens=max_tokens,
             bootstrap=bootstrap,
             seed=seed,
@@ -476,10 +546,18 @@ def evaluate_records(
             mask_rate=mask_rate,
         ), None
     if task.task == "token-classification":
-        return _evaluate_tokens(model, records, task, max_tokens, bootstrap, seed, accelerator)
+        return _evaluate_tokens(
+            model, records, task, max_tokens, bootstrap, seed, accelerator, windows
+        )
     truth = label_targets(task, records)
     predictions = predict_records(
-        model, records, task, max_tokens=max_tokens, accelerator=accelerator
+        model,
+        records,
+        task,
+        max_tokens=max_tokens,
+        accelerator=accelerator,
+        windows=windows,
+        rc_average=rc_average,
     )
     metrics = metrics_from_scores(task, truth, predictions.scores, bootstrap=bootstrap, seed=seed)
     return metrics, predictions
@@ -510,17 +588,20 @@ def _evaluate_tokens(
     bootstrap: int,
     seed: int,
     accelerator: Any,
+    windows: WindowOptions | None,
 ) -> tuple[dict[str, Any], Predictions]:
-    dataset = RecordDataset(
-        records,
-        model.tokenizer,
-        max_length=model.config.max_length,
-        labels=lambda record, offsets: token_targets(task, record, offsets),
-    )
+    """Token metrics; records cut into windows are scored per base."""
     predictions = predict_records(
-        model, records, task, max_tokens=max_tokens, accelerator=accelerator
+        model, records, task, max_tokens=max_tokens, accelerator=accelerator, windows=windows
     )
-    targets = np.concatenate(dataset.labels)
+    targets = np.concatenate(
+        [
+            token_targets(task, record, _unit_offsets(len(record.sequence)))
+            if predictions.per_base(n)
+            else token_targets(task, record, model.tokenizer.offsets(record.sequence))
+            for n, record in enumerate(records)
+        ]
+    )
     scores = np.concatenate(predictions.scores)
     keep = targets != IGNORE_INDEX
     problem = "binary" if len(task.labels) == 2 else "multiclass"
@@ -529,6 +610,12 @@ def _evaluate_tokens(
     )
     result["unit"] = "token"
     return result, predictions
+
+
+def _unit_offsets(length: int) -> np.ndarray:
+    """One ``[i, i + 1)`` span per letter: per-base targets."""
+    starts = np.arange(length, dtype=np.int64)
+    return np.stack([starts, starts + 1], axis=1)
 
 
 def evaluate_masked_lm_records(
@@ -607,13 +694,15 @@ def evaluate_masked_lm_records(
 class Embeddings:
     """Mean-pooled ``pooled`` (N, L*D) float32 over non-special tokens, the chosen encoder
     ``layers`` concatenated; with ``per_token`` also ``tokens`` (sum T_i, L*D) and
-    ``offsets`` (N+1,) so that record i owns ``tokens[offsets[i]:offsets[i+1]]``."""
+    ``offsets`` (N+1,) so that record i owns ``tokens[offsets[i]:offsets[i+1]]`` (one row per
+    base for a record cut into ``windows[i] > 1`` windows)."""
 
     ids: list[str]
     layers: list[int]
     pooled: np.ndarray
     tokens: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    windows: np.ndarray | None = None
 
 
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
@@ -639,11 +728,16 @@ def embed_records(
     per_token: bool = False,
     max_tokens: int = 16384,
     accelerator: Any = None,
+    windows: WindowOptions | None = None,
 ) -> Embeddings:
-    """Embeddings of ``records`` from any model's encoder, in record order."""
+    """Embeddings of ``records`` from any model's encoder, in record order. A record cut into
+    windows gets the mean (or max) of its windows' pooled embeddings and, per token, one row
+    per base stitched from its windows (``windows`` lists the windows per record)."""
     chosen = resolve_layers(layers, model.config.num_layers)
     tokenizer = model.tokenizer
-    dataset = RecordDataset(records, tokenizer, max_length=model.config.max_length)
+    windows = windows or WindowOptions()
+    plan = plan_windows(records, tokenizer, model.config.max_length, windows)
+    dataset = RecordDataset(plan.records, tokenizer, max_length=model.config.max_length)
     special = torch.tensor(sorted(tokenizer.special_ids))
 
     def step(network: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[tuple]:
@@ -653,17 +747,32 @@ def embed_records(
         keep = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
         weights = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, L*D)
+        lengths = attention_mask.sum(dim=1).tolist()
         out = []
-        for row in range(len(input_ids)):
-            tokens = _numpy(hidden[row][keep[row]]) if per_token else None
-            out.append((_numpy(pooled[row]), tokens))
+        for row, length in enumerate(lengths):
+            tokens = _numpy(hidden[row][:length]) if per_token else None
+            out.append((_numpy(pooled[row]), tokens, keep[row][:length].cpu().numpy()))
         return out
 
     results = map_batches(model, dataset, step, max_tokens=max_tokens, accelerator=accelerator)
-    pooled = np.stack([row[0] for row in results]).astype(np.float32)
-    embeddings = Embeddings([record.id for record in records], chosen, pooled)
+    pooled = np.stack(plan.aggregate([row[0] for row in results], windows.aggregate))
+    counts = plan.windows_per_record()
+    embeddings = Embeddings([record.id for record in records], chosen, pooled.astype(np.float32))
+    embeddings.windows = counts
     if per_token:
-        pieces = [row[1].astype(np.float32) for row in results]
+        per_base = [
+            tokens_to_bases(row[1], tokenizer.offsets(piece.sequence), len(piece.sequence))
+            for row, piece in zip(results, plan.records, strict=True)
+            if plan.cut
+        ]
+        stitched = plan.stitch(per_base) if plan.cut else []
+        first = np.searchsorted(plan.owner, np.arange(len(records)))
+        pieces = [
+            (stitched[i] if counts[i] > 1 else results[first[i]][1][results[first[i]][2]]).astype(
+                np.float32
+            )
+            for i in range(len(records))
+        ]
         embeddings.tokens = np.concatenate(pieces)
         embeddings.offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(
             np.int64
@@ -691,6 +800,8 @@ def write_embeddings_h5(
             if embeddings.tokens is not None:
                 handle.create_dataset("tokens", data=embeddings.tokens)
                 handle.create_dataset("offsets", data=embeddings.offsets)
+            if embeddings.windows is not None:
+                handle.create_dataset("windows", data=embeddings.windows)
             handle.attrs["layers"] = np.asarray(embeddings.layers, dtype=np.int64)
             for key, value in attributes.items():
                 handle.attrs[key] = value

@@ -1,0 +1,192 @@
+"""Long sequences: windows in base coordinates, aggregation, per-base stitching, ALiBi parity."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from biotransformer.config import ModelConfig
+from biotransformer.errors import ConfigError
+from biotransformer.heads import MaskedLM, SequenceClassifier, TokenClassifier
+from biotransformer.inference import (
+    embed_records,
+    evaluate_records,
+    predict_records,
+    task_of_model,
+    write_embeddings_h5,
+)
+from biotransformer.io import SequenceRecord
+from biotransformer.tokenizers import Tokenizer
+from biotransformer.windows import (
+    WindowOptions,
+    cut_sequence,
+    plan_windows,
+    token_counts,
+    tokens_to_bases,
+    window_starts,
+)
+
+# Tolerances of windowed vs full-length ALiBi runs (random 8-head model, overlap 128 letters,
+# so every stitched base lies at least 64 letters from a window edge): measured 0.04 per base
+# and 0.014 for the mean-pooled sequence probability.
+TOKEN_TOLERANCE = 0.06
+SEQUENCE_TOLERANCE = 0.03
+
+
+def random_dna(length: int, seed: int = 0) -> str:
+    return "".join(np.random.default_rng(seed).choice(list("ACGT"), length))
+
+
+def alibi_model(cls: type, tokenizer: Tokenizer, **head: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=8,
+        ffn_size=64,
+        max_length=4096,
+        position="alibi",
+        initializer_range=0.3,
+    )
+    model = cls(config, **head).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+@pytest.mark.parametrize(
+    "spec", ["dna", "dna-kmer:k=6", "dna-kmer:k=6,stride=6", "dna-kmer:k=3,stride=2", "protein"]
+)
+def test_windows_fit_cover_and_overlap(spec):
+    tokenizer = Tokenizer.from_spec(spec)
+    sequence = random_dna(2000) if tokenizer.alphabet == "dna" else "ACDEFGHIKLMNPQRSTVWY" * 100
+    spans = cut_sequence(tokenizer, sequence, 100, overlap=20)
+    assert spans[0][0] == 0 and spans[-1][1] == len(sequence)
+    assert all(b - a == spans[0][1] - spans[0][0] for a, b in spans)
+    assert all(next_a < b for (_, b), (next_a, _) in itertools.pairwise(spans))
+    counts = token_counts(tokenizer, [sequence[a:b] for a, b in spans])
+    assert counts.max() <= 100
+    assert counts.max() >= 90  # the window is sized to the scheme, not to one letter per token
+
+
+def test_windows_shrink_until_ambiguous_fallback_fits():
+    tokenizer = Tokenizer.from_spec("dna-kmer:k=6,stride=6")
+    sequence = "ACGTNA" * 400  # each N breaks the k-mer grid into single letters
+    spans = cut_sequence(tokenizer, sequence, 50, overlap=0)
+    assert token_counts(tokenizer, [sequence[a:b] for a, b in spans]).max() <= 50
+    assert spans[-1][1] == len(sequence)
+
+
+def test_bpe_windows_fit():
+    sequences = [random_dna(3000, seed) for seed in range(3)]
+    tokenizer = Tokenizer.from_spec("dna-bpe:vocab=64", train_sequences=sequences)
+    spans = cut_sequence(tokenizer, sequences[0], 64, overlap=16)
+    assert token_counts(tokenizer, [sequences[0][a:b] for a, b in spans]).max() <= 64
+
+
+def test_window_starts_and_bad_overlap():
+    assert window_starts(10, 4, 1) == [0, 3, 6]
+    assert window_starts(4, 4, 1) == [0]
+    with pytest.raises(ConfigError, match="overlap"):
+        cut_sequence(Tokenizer.from_spec("dna"), "ACGT" * 50, 20, overlap=40)
+    with pytest.raises(ConfigError, match="aggregate"):
+        WindowOptions(aggregate="median")
+
+
+def test_tokens_to_bases_takes_the_token_starting_at_each_base():
+    tokenizer = Tokenizer.from_spec("dna-kmer:k=3")
+    sequence = "ACGTAC"
+    offsets = tokenizer.offsets(sequence)  # <cls>, then k-mers starting at 0..3
+    values = np.arange(len(offsets), dtype=float)[:, None]
+    per_base = tokens_to_bases(values, offsets, len(sequence))[:, 0]
+    assert per_base.tolist() == [1, 2, 3, 4, 4, 4]
+
+
+def test_aggregate_mean_and_max():
+    records = [SequenceRecord("a", "A" * 30), SequenceRecord("b", "C" * 5)]
+    plan = plan_windows(records, Tokenizer.from_spec("dna"), 11, WindowOptions(overlap=0))
+    assert plan.windows_per_record().tolist() == [3, 1]
+    values = [np.array([1.0]), np.array([3.0]), np.array([5.0]), np.array([7.0])]
+    assert [v[0] for v in plan.aggregate(values, "mean")] == [3.0, 7.0]
+    assert [v[0] for v in plan.aggregate(values, "max")] == [5.0, 7.0]
+
+
+def test_alibi_token_windows_match_full_length_and_stitch_exactly():
+    tokenizer = Tokenizer.from_spec("dna")
+    model = alibi_model(TokenClassifier, tokenizer, num_labels=2)
+    task = task_of_model(model)
+    record = SequenceRecord("long", random_dna(1500))
+    full = predict_records(model, [record], task).scores[0][1:]  # drop <cls>
+    model.config.max_length = 258
+    options = WindowOptions(overlap=128)
+    windowed = predict_records(model, [record], task, windows=options)
+    assert windowed.windows.tolist() == [11] and windowed.per_base(0)
+    stitched = windowed.scores[0]
+    assert stitched.shape == (1500, 2) and not np.isnan(stitched).any()
+    assert np.abs(stitched - full).max() < TOKEN_TOLERANCE
+    assert len(windowed.predicted[0]) == 1500
+
+    spans = cut_sequence(tokenizer, record.sequence, 258, 128)
+    pieces = [SequenceRecord(f"w{i}", record.sequence[a:b]) for i, (a, b) in enumerate(spans)]
+    alone = predict_records(model, pieces, task).scores
+    covered = np.zeros(1500, int)
+    for a, b in spans:
+        covered[a:b] += 1
+    for (a, b), scores in zip(spans, alone, strict=True):
+        single = np.flatnonzero(covered[a:b] == 1)
+        np.testing.assert_allclose(stitched[a + single], scores[1:][single], atol=1e-6)
+
+
+def test_alibi_sequence_windows_match_full_length():
+    tokenizer = Tokenizer.from_spec("dna")
+    model = alibi_model(SequenceClassifier, tokenizer, num_labels=2, pooling="mean")
+    task = task_of_model(model)
+    records = [SequenceRecord("long", random_dna(1500)), SequenceRecord("short", random_dna(80))]
+    full = predict_records(model, records, task).scores
+    model.config.max_length = 258
+    windowed = predict_records(model, records, task, windows=WindowOptions(overlap=128))
+    assert windowed.windows.tolist() == [11, 1]
+    assert np.abs(windowed.scores - full).max() < SEQUENCE_TOLERANCE
+    np.testing.assert_allclose(windowed.scores[1], full[1], atol=1e-6)
+    largest = predict_records(
+        model, records, task, windows=WindowOptions(overlap=128, aggregate="max")
+    )
+    assert (largest.scores[0] >= windowed.scores[0] - 1e-9).all()
+
+
+def test_learned_positions_long_input_never_crashes_or_truncates(tmp_path):
+    tokenizer = Tokenizer.from_spec("dna-kmer:k=3,stride=3")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(
+        "tiny", vocab_size=tokenizer.vocab_size, position="learned", max_length=32
+    )
+    classifier = SequenceClassifier(config, num_labels=2).eval()
+    classifier.tokenizer = tokenizer
+    records = [SequenceRecord("long", random_dna(1000)), SequenceRecord("short", "ACGTACGTA")]
+    labelled = [SequenceRecord(r.id, r.sequence, label="1") for r in records]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cropping a sequence would warn
+        predicted = predict_records(classifier, records, task_of_model(classifier))
+    assert predicted.windows.tolist()[1] == 1 and predicted.windows[0] > 1
+    metrics, predictions = evaluate_records(
+        classifier, labelled, task_of_model(classifier), bootstrap=0
+    )
+    assert predictions.windows.tolist()[0] > 1 and metrics["n"] == 2
+
+    lm = MaskedLM(config).eval()
+    lm.tokenizer = tokenizer
+    result, _ = evaluate_records(lm, records, task_of_model(lm), bootstrap=0)
+    assert result["n"] > 2  # every window of the long record is scored
+
+    embeddings = embed_records(lm, records, per_token=True)
+    assert embeddings.windows.tolist()[0] > 1
+    assert embeddings.offsets.tolist()[1] == 1000  # one row per base of the long record
+    assert embeddings.offsets[2] - embeddings.offsets[1] == 3  # three 3-mers, per token
+    write_embeddings_h5(embeddings, tmp_path / "e.h5", attributes={})
+    with h5py.File(tmp_path / "e.h5") as handle:
+        assert handle["windows"][0] > 1
