@@ -120,7 +120,8 @@ class SelfAttention(nn.Module):
         broadcastable to (B, H, T, T). Returns the output and, on request, the weights."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)
-        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)  # (B, T, 2, H, hs), (B, H, T, hs)
+        qk, v = qkv.split((2, 1), dim=2)  # (B, T, 2, H, hs), (B, T, 1, H, hs)
+        v = v.squeeze(2).transpose(1, 2)  # (B, H, T, hs)
         if rotary is not None:
             # Queries and keys rotate in one pass, in the projection's layout; the tables are
             # (T, hs), cast only under autocast.
