@@ -190,3 +190,25 @@ def test_bad_label_column_is_a_clear_error(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "no column 'label'" in message and "Fix:" in message
     assert "Traceback" not in message
+
+
+@pytest.mark.timeout(120)
+def test_token_classification_from_per_residue_labels(tmp_path):
+    rng = np.random.default_rng(2)
+    lines = []
+    for i in range(80):
+        sequence = "".join(rng.choice(list("ACGT"), 30))
+        mask = "".join("1" if base in "GC" else "0" for base in sequence)
+        lines.append(f">t/{i} mask={mask}\n{sequence}\n")
+    (tmp_path / "tok.fa").write_text("".join(lines))
+    out = tmp_path / "run"
+    command = ["finetune", "--train", str(tmp_path / "tok.fa"), "--task", "token-classification",
+               "--label-from", "key:mask", "--preset", "tiny", "--out", str(out)]  # fmt: skip
+    assert main([*command, "--epochs", "3", "--lr", "3e-3", "--bootstrap", "10"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["unit"] == "token"
+    assert metrics["test"]["n"] == 8 * 30
+    assert main(["predict", "--model", str(out / "model"), "--input", str(tmp_path / "tok.fa"),
+                 "--out", str(tmp_path / "p.tsv")]) == 0  # fmt: skip
+    rows = read_tsv(tmp_path / "p.tsv")
+    assert [len(r["prediction"]) for r in rows] == [30] * 80
