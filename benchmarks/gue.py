@@ -39,16 +39,16 @@ ARCHITECTURE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_size": 
 FULL = {
     "seeds": [0, 1, 2],
     "gue": {
-        "prom_300_tata": {"max_steps": 300, "valid_rows": 300},
-        "tf_0": {"max_steps": 300, "valid_rows": 300},
+        "prom_300_tata": {"max_steps": 80, "valid_rows": 200},
+        "tf_0": {"max_steps": 80, "valid_rows": 200},
     },
     "max_tokens": 4096,
     "lr": 2e-3,
     "dropout": 0.1,
-    "evals_per_run": 3,
-    "pretrain_steps": 300,
+    "evals_per_run": 2,
+    "pretrain_steps": 120,
     "peptide_folds": 5,
-    "peptide_steps": 100,
+    "peptide_steps": 40,
     "peptide_max_tokens": 4096,
     "bootstrap": 200,
 }
