@@ -60,6 +60,7 @@ from biotransformer.inference import (
 from biotransformer.io import SequenceRecord, guess_alphabet, read_sequences
 from biotransformer.metrics import tune_threshold
 from biotransformer.splits import deduplicate, leakage_report, split_records
+from biotransformer.strands import strand_augmented
 from biotransformer.tokenizers import Tokenizer
 from biotransformer.train import (
     BatchStream,
@@ -118,7 +119,9 @@ class FinetuneConfig:
     The model is evaluated on validation ``evals_per_epoch`` times per epoch (or per run, when
     the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept
     (default: MCC, R^2 for regression, AUROC with ``tune_threshold``, whose threshold is tuned
-    after selection)."""
+    after selection).
+    ``rc_augment`` (DNA only) serves each training sample reverse-complemented with that
+    probability, drawn from (seed, epoch, index) (see ``strands``)."""
 
     train: str
     output_dir: str
@@ -144,6 +147,7 @@ class FinetuneConfig:
     tune_threshold: bool = False
     select_metric: str | None = None
     evals_per_epoch: int = 1
+    rc_augment: float = 0.0
     bootstrap: int = 1000
     plots: bool = True
     training: TrainingConfig = field(
@@ -171,6 +175,8 @@ class FinetuneConfig:
         for name in ("valid_fraction", "test_fraction", "warmup_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be in [0, 1)")
+        if not 0.0 <= self.rc_augment <= 1.0:
+            raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
         if self.evals_per_epoch < 1:
             raise ConfigError(f"evals_per_epoch = {self.evals_per_epoch} must be >= 1")
         self.training.validate()
@@ -549,6 +555,16 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     model = build_model(config, alphabet, labels, weights, longest) if weights else provisional
     if config.task == "regression":
         model.fit_target_scaling(torch.as_tensor(train_targets, dtype=torch.float32))
+    if config.rc_augment > 0:
+        datasets["train"] = strand_augmented(
+            splits["train"],
+            lambda records: RecordDataset(
+                records, tokenizer, max_length=max_length, labels=label_fn
+            ),
+            tokenizer,
+            config.rc_augment,
+            seed=training.seed,
+        )
 
     sampler = TokenBudgetBatchSampler(
         datasets["train"].lengths,
