@@ -79,6 +79,23 @@ def test_padding_benchmark_smoke(repo_root, tmp_path):
     assert figures["token_budget_real_share"] > figures["random_batches_real_share"] > 0
 
 
+def test_train_throughput_benchmark_smoke(repo_root, tmp_path):
+    out = tmp_path / "train_throughput.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_throughput", "--smoke", "--out", str(out)],
+        cwd=repo_root,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = json.loads(out.read_text())
+    assert {"synthetic", "protein", "bf16", "flops_formula", "machine", "targets"} <= set(result)
+    table = result["synthetic"]["median"]
+    assert {"ours", "hf_esm", "fair_esm"} <= set(table)
+    assert all(row["train_tokens_per_s"] > 0 and row["mfu"] > 0 for row in table.values())
+    assert result["synthetic"]["ratios"]["ours_train_vs_fair_esm"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_gue_benchmark_smoke(repo_root, shared_data, tmp_path):
