@@ -324,6 +324,93 @@ def plot_attention_map(
     return _finish(figure, path)
 
 
+# ----------------------------------------------------------------------------- saliency
+
+LETTER_COLOURS = {"A": "tab:green", "C": "tab:blue", "G": "tab:orange", "T": "tab:red"}
+
+
+def plot_saliency_heatmap(
+    effects: Any,
+    letters: str,
+    sequence: str,
+    path: PathLike | None = None,
+    *,
+    title: str = "in-silico mutagenesis",
+) -> Figure:
+    """Position x letter heatmap of mutation effects (L, letters), diverging around 0, the
+    reference letter of each position outlined."""
+    values = np.asarray(effects, dtype=float)
+    if values.shape != (len(sequence), len(letters)):
+        raise InputError(
+            f"effects of shape {values.shape} do not match {len(sequence)} positions x "
+            f"{len(letters)} letters"
+        )
+    limit = float(np.abs(values).max()) or 1.0
+    figure = _new_figure(min(max(6.0, len(sequence) * 0.12), 20.0), 1.5 + 0.2 * len(letters))
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        values.T, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
+    )
+    figure.colorbar(image, ax=axes, label="score change")
+    column = {letter: j for j, letter in enumerate(letters)}
+    rows = [column.get(letter, -1) for letter in sequence.upper()]
+    known = [(i, j) for i, j in enumerate(rows) if j >= 0]
+    if known:
+        xs, ys = zip(*known, strict=True)
+        axes.scatter(xs, ys, s=6, c="black", marker="o", label="reference")
+    axes.set_yticks(range(len(letters)), list(letters), fontsize=7)
+    every = math.ceil(len(sequence) / MAX_TICK_LABELS)
+    axes.set_xticks(
+        range(0, len(sequence), every),
+        [str(i + 1) for i in range(0, len(sequence), every)],
+        fontsize=7,
+    )
+    axes.set_xlabel("position")
+    axes.set_title(title)
+    return _finish(figure, path)
+
+
+def plot_logo(
+    heights: Any, sequence: str, path: PathLike | None = None, *, title: str = "importance"
+) -> Figure:
+    """Logo-style plot: each position's letter drawn with the height of its importance,
+    above the axis when positive and below (upside down) when negative."""
+    from matplotlib.patches import PathPatch
+    from matplotlib.textpath import TextPath
+    from matplotlib.transforms import Affine2D
+
+    values = np.asarray(heights, dtype=float)
+    if values.shape != (len(sequence),):
+        raise InputError(f"{values.shape[0]} heights for {len(sequence)} positions")
+    figure = _new_figure(min(max(6.0, len(sequence) * 0.15), 20.0), 3.0)
+    axes = figure.add_subplot()
+    for i, (letter, height) in enumerate(zip(sequence.upper(), values, strict=True)):
+        glyph = TextPath((0, 0), letter, size=1, prop={"family": "monospace", "weight": "bold"})
+        box = glyph.get_extents()
+        scale = Affine2D().translate(-box.x0, -box.y0).scale(0.9 / box.width, height / box.height)
+        patch = PathPatch(
+            scale.translate(i + 0.05, 0).transform_path(glyph),
+            color=LETTER_COLOURS.get(letter, "tab:purple"),
+            linewidth=0,
+        )
+        axes.add_patch(patch)
+    low, high = min(values.min(), 0.0), max(values.max(), 0.0)
+    margin = 0.05 * ((high - low) or 1.0)
+    axes.set_xlim(0, len(sequence))
+    axes.set_ylim(low - margin, high + margin)
+    axes.axhline(0, color="grey", linewidth=0.5)
+    every = math.ceil(len(sequence) / MAX_TICK_LABELS)
+    axes.set_xticks(
+        [i + 0.5 for i in range(0, len(sequence), every)],
+        [str(i + 1) for i in range(0, len(sequence), every)],
+        fontsize=7,
+    )
+    axes.set_xlabel("position")
+    axes.set_ylabel("importance")
+    axes.set_title(title)
+    return _finish(figure, path)
+
+
 # ----------------------------------------------------------------------------- report
 
 

@@ -377,7 +377,7 @@ class MaskedLMScorer:
             self._contexts[key] = _Context(start, piece, batch["input_ids"][0], batch["offsets"][0])
         return self._contexts[key]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def log_probs(
         self, rows: Sequence[np.ndarray], heads: Sequence[np.ndarray] | None = None
     ) -> list[np.ndarray]:

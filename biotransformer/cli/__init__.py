@@ -25,6 +25,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "predict",
     "embed",
     "score_variants",
+    "saliency",
+    "quickstart",
+    "plot_embeddings",
+    "plot_attention",
 )
 
 
