@@ -26,9 +26,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embed",
     "score_variants",
     "saliency",
-    "quickstart",
-    "plot_embeddings",
-    "plot_attention",
 )
 
 
