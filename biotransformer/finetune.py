@@ -34,7 +34,6 @@ import torch
 import yaml
 from accelerate.utils import set_seed
 
-from biotransformer import plots
 from biotransformer.atomic import atomic_directory, atomic_write
 from biotransformer.checkpointing import Checkpointer
 from biotransformer.config import ModelConfig, TrainingConfig, _suggest
@@ -46,7 +45,6 @@ from biotransformer.inference import (
     TASK_FILE,
     RecordDataset,
     TaskInfo,
-    decide,
     evaluate_records,
     label_targets,
     load_task,
@@ -59,6 +57,7 @@ from biotransformer.inference import (
 )
 from biotransformer.io import SequenceRecord, guess_alphabet, read_sequences
 from biotransformer.metrics import tune_threshold
+from biotransformer.report import write_report
 from biotransformer.splits import deduplicate, leakage_report, split_records
 from biotransformer.strands import strand_augmented
 from biotransformer.tokenizers import Tokenizer
@@ -739,65 +738,3 @@ def final_evaluation(
             log_path=output_dir / "log.jsonl",
         )
     return metrics
-
-
-def write_report(
-    directory: Path,
-    task: Any,
-    records: Sequence[SequenceRecord],
-    predictions: Any,
-    sections: Mapping[str, Mapping[str, Any]],
-    *,
-    log_path: Path | None = None,
-) -> Path:
-    """Plots of ``predictions`` on ``records`` (ROC, precision-recall and confusion matrix, or
-    predicted vs true), training curves from ``log_path``, and ``report.html`` with the
-    metrics of every section (e.g. valid, test)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    images: dict[str, Path] = {}
-    if log_path is not None and log_path.exists():
-        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-        if any("loss" in row for row in rows):
-            images["training curves"] = plots_path = directory / "training_curves.png"
-            plots.plot_training_curves(rows, plots_path)
-    if predictions is not None and task.task in ("classification", "multilabel", "regression"):
-        truth, scores = label_targets(task, records), np.asarray(predictions.scores)
-        if task.task == "regression":
-            images["predicted vs true"] = directory / "predicted_vs_true.png"
-            plots.plot_predicted_vs_true(truth, scores[:, 0], images["predicted vs true"])
-        elif len(np.unique(truth)) > 1:
-            binary = task.problem == "binary"
-            curve_scores = scores[:, 1] if binary else scores
-            names = None if binary else task.labels
-            images["ROC"] = directory / "roc.png"
-            plots.plot_roc(truth, curve_scores, images["ROC"], labels=names)
-            images["precision-recall"] = directory / "precision_recall.png"
-            plots.plot_precision_recall(
-                truth, curve_scores, images["precision-recall"], labels=names
-            )
-            if task.task == "classification":
-                images["confusion matrix"] = directory / "confusion_matrix.png"
-                plots.plot_confusion_matrix(
-                    [task.labels[i] for i in truth],
-                    [task.labels[i] for i in decide(task, scores)],
-                    task.labels,
-                    images["confusion matrix"],
-                )
-    table = {
-        f"{section} {name}": entry
-        for section, result in sections.items()
-        for name, entry in result.get("metrics", {}).items()
-    }
-    notes = [f"task: {task.task}", f"labels: {task.labels}", f"threshold: {task.threshold}"]
-    notes += [
-        f"{section}: {note}"
-        for section, result in sections.items()
-        for note in result.get("notes", [])
-    ]
-    return plots.write_report_html(
-        directory / "report.html",
-        title=f"biotransformer: {task.task}",
-        metrics=table,
-        images=images,
-        notes=notes,
-    )

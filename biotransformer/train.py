@@ -567,7 +567,7 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
     FASTA inputs are prepared into ``<output_dir>/data`` first (once). ``resume`` is None
     (a new run), ``"latest"`` or a checkpoint folder. Writes ``config.yaml``, ``run.json``,
     ``log.jsonl``, ``checkpoints/step-XXXXXXXX/`` and, at the end, the model directory
-    ``model/``.
+    ``model/`` and the run report (``metrics.json``, curves as PNG, ``report.html``).
     """
     data, training = config.data, config.training
     output_dir = Path(training.output_dir)
@@ -651,6 +651,9 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
             model_dir = output_dir / "model"
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(model_dir, tokenizer=tokenizer)
+                from biotransformer.report import write_pretrain_report  # matplotlib: lazily
+
+                write_pretrain_report(output_dir)
             accelerator.wait_for_everyone()
     finally:
         accelerator.end_training()  # also ends the process group: no collectives after this

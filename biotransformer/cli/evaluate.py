@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write or print the metrics."""
-    from biotransformer.finetune import ReadOptions, read_labelled, write_report
+    from biotransformer.finetune import ReadOptions, read_labelled
     from biotransformer.heads import load_model
     from biotransformer.inference import (
         evaluate_records,
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         load_task,
         write_predictions_tsv,
     )
+    from biotransformer.report import write_report
 
     accelerator = launched_accelerator()
     model = load_model(args.model)
