@@ -149,3 +149,20 @@ def test_rc_augmentation_brings_the_strands_closer(tmp_path):
     print(f"mean |P(x) - P(revcomp x)|: {gaps}")
     assert gaps[0.0] > 0.2  # without augmentation the motif is learned on one strand only
     assert gaps[0.5] < 0.7 * gaps[0.0], gaps  # measured 0.42 -> 0.23
+
+
+def test_predict_command_rc_average_and_windows(tmp_path, capsys):
+    from biotransformer.cli import main
+
+    model = classifier("dna")
+    model.save_pretrained(tmp_path / "dna")
+    (tmp_path / "in.fa").write_text(">a\nACGTTGCAAG\n>long\n" + "ACGGT" * 30 + "\n")
+    out = tmp_path / "p.tsv"
+    argv = ["predict", "--model", str(tmp_path / "dna"), "--input", str(tmp_path / "in.fa")]
+    assert main([*argv, "--out", str(out), "--rc-average", "--window-overlap", "8"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    classifier("protein").save_pretrained(tmp_path / "protein")
+    (tmp_path / "p.fa").write_text(">p\nMKV\n")
+    argv = ["predict", "--model", str(tmp_path / "protein"), "--input", str(tmp_path / "p.fa")]
+    assert main([*argv, "--out", str(out), "--rc-average"]) == 2
+    assert "proteins have no reverse complement" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.finetune import column
+from biotransformer.cli.long_inputs import add_window_options, window_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
     )
+    add_window_options(parser, rc_average=False)
     parser.set_defaults(handler=run)
 
 
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         per_token=args.per_token,
         max_tokens=args.max_tokens,
         accelerator=accelerator,
+        windows=window_options(args),
     )
     if not is_main(accelerator):
         return 0

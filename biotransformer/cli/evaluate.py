@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from biotransformer.cli.finetune import add_label_options
+from biotransformer.cli.long_inputs import add_window_options, window_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
     )
+    add_window_options(parser)
     add_label_options(parser)
     parser.set_defaults(handler=run)
 
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         mask_rate=args.mask_rate,
         accelerator=accelerator,
+        windows=window_options(args),
+        rc_average=args.rc_average,
     )
     if not is_main(accelerator):
         return 0

@@ -158,6 +158,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="tune the decision threshold for MCC on validation; stored in model/task.json",
     )
+    train.add_argument(
+        "--rc-augment",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="DNA: serve each training sample reverse-complemented with probability P, drawn "
+        "from (seed, epoch, index) (default: 0, off)",
+    )
     split = parser.add_argument_group("splits")
     split.add_argument(
         "--valid-fraction", type=float, default=0.1, help="share of train for validation (0.1)"
@@ -210,6 +218,7 @@ def build_config(args: argparse.Namespace) -> object:
         class_weights=args.class_weights,
         pos_weight=_pos_weight(args.pos_weight),
         tune_threshold=args.tune_threshold,
+        rc_augment=args.rc_augment,
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,
         bootstrap=args.bootstrap,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.finetune import column
+from biotransformer.cli.long_inputs import add_window_options, window_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
     )
+    add_window_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -74,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     predictions = predict_records(
-        model, records, task, max_tokens=args.max_tokens, accelerator=accelerator
+        model,
+        records,
+        task,
+        max_tokens=args.max_tokens,
+        accelerator=accelerator,
+        windows=window_options(args),
+        rc_average=args.rc_average,
     )
     if not is_main(accelerator):
         return 0
