@@ -328,10 +328,22 @@ def summarise(
                 a / b for a, b in zip(samples[name][kind], samples[peer][kind], strict=True)
             ]
             ratios[f"{name}_{kind}_vs_{peer}"] = statistics.median(per_round)
+    best_ratios = {
+        f"{name}_{kind}_vs_{peer}": max(samples[name][kind]) / max(samples[peer][kind])
+        for name in names
+        if name.startswith("ours")
+        for peer, kind in itertools.product(PEERS, ("train", "inference"))
+    }
     return {
         "median": table,
         "ratios": ratios,
+        "best_round": {
+            "note": "each model's fastest round, the least disturbed by other processes",
+            "tokens_per_s": {name: {k: max(v) for k, v in samples[name].items()} for name in names},
+            "ratios": best_ratios,
+        },
         "matmul_peak_flops": statistics.median(samples["matmul"]["peak_flops"]),
+        "matmul_peak_flops_best": max(samples["matmul"]["peak_flops"]),
         "samples": samples,
     }
 
