@@ -26,6 +26,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embed",
     "score_variants",
     "saliency",
+    "quickstart",
+    "plot_embeddings",
+    "plot_attention",
 )
 
 

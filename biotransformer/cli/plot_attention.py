@@ -1,0 +1,51 @@
+"""``biotransformer plot-attention``: a model's attention over one sequence, as a heatmap."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``plot-attention`` command."""
+    parser = subparsers.add_parser(
+        "plot-attention",
+        help="plot one layer's attention weights over one sequence",
+        description=(
+            "Run the model's encoder over one sequence (--sequence, or the first record of "
+            "--input) and draw one layer's attention weights as a heatmap, queries on rows and "
+            "keys on columns, tokens on the axes: one head, or the mean over heads."
+        ),
+    )
+    parser.add_argument("--model", required=True, metavar="DIR", help="any model directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sequence", metavar="SEQ", help="the sequence, as letters")
+    source.add_argument(
+        "--input", metavar="FILE", help="a FASTA/CSV/TSV file whose first record is used"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=-1,
+        help="encoder layer, 0-based, negative from the end (default: -1, the last)",
+    )
+    parser.add_argument(
+        "--head", type=int, default=None, help="attention head (default: the mean over heads)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute the attention weights and write the PNG."""
+    from biotransformer.heads import load_model
+    from biotransformer.io import read_sequences
+    from biotransformer.report import plot_attention_of
+
+    model = load_model(args.model)
+    if args.sequence is not None:
+        sequence = args.sequence
+    else:
+        sequence = next(iter(read_sequences(args.input, label_column=None))).sequence
+    plot_attention_of(model, sequence, args.out, layer=args.layer, head=args.head)
+    print(f"attention map of layer {args.layer} written to {args.out}")
+    return 0
