@@ -124,3 +124,24 @@ def test_gue_benchmark_smoke(repo_root, shared_data, tmp_path):
         assert -1.0 <= task["baseline_kmer3to6_logreg_mcc"] <= 1.0
         assert task["dnabert2_published_mcc"] > 0.7
     assert result["peptides"]["n_distinct"] == 4642
+
+
+def test_variants_benchmark_smoke(repo_root, tmp_path):
+    out = tmp_path / "variants.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "benchmarks" / "variants.py"),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = json.loads(out.read_text())
+    assert {"date", "machine", "versions", "figures", "ratio", "target_met"} <= set(result)
+    figures = result["figures"]
+    assert figures["biotransformer_variants_per_s"] > 0 and figures["fair_esm_variants_per_s"] > 0
+    assert figures["max_abs_score_difference"] < 1e-3  # the same scores, computed both ways
