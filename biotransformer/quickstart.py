@@ -16,12 +16,16 @@ one report. The output directory::
     metrics.json     the model's and the baseline's test metrics with 95% CIs, pretraining
                      held-out loss, the MCC margin, seconds per stage
     report.html      every number and plot on one page
+
+A rerun with the same output directory replaces the previous run's ``data/``, ``pretrain/``
+and ``finetune/`` (a pretraining directory with checkpoints would otherwise be resumed).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +194,8 @@ def quickstart(config: QuickstartConfig) -> QuickstartResult:
     config.validate()
     started = time.perf_counter()
     out = Path(config.output_dir)
+    for previous in ("data", "pretrain", "finetune"):
+        shutil.rmtree(out / previous, ignore_errors=True)
     seconds: dict[str, float] = {}
 
     task, splits = _labelled_splits(config)

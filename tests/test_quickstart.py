@@ -84,24 +84,13 @@ def test_quickstart_on_the_users_labelled_csv(tmp_path):
             motif = "GGGCCCGG" if i % 2 else "TTTAAATT"
             writer.writerow(["".join(rng.choice(list("ACGT"), 40)) + motif, f"c{i % 2}"])
     out = tmp_path / "run"
-    run_quickstart(
-        "--data",
-        str(data),
-        "--sequence-column",
-        "seq",
-        "--label-column",
-        "class",
-        "--out",
-        str(out),
-        "--pretrain-steps",
-        "4",
-        "--finetune-epochs",
-        "1",
-        "--bootstrap",
-        "20",
-    )
+    options = ["--data", str(data), "--sequence-column", "seq", "--label-column", "class"]
+    options += ["--out", str(out), "--pretrain-steps", "4", "--bootstrap", "20"]
+    run_quickstart(*options)
+    run_quickstart(*options, "--seed", "1")  # a rerun replaces the previous run
     metrics = assert_report_matches_metrics(out)
     assert metrics["task"] == str(data)
+    assert metrics["seed"] == 1
     assert metrics["labels"] == ["c0", "c1"]
     assert sum(metrics["splits"].values()) == 200
     assert metrics["k-mer baseline test"]["metrics"]["mcc"]["value"] == 1.0

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         default="quickstart-run",
         metavar="DIR",
-        help="output directory (default: quickstart-run)",
+        help="output directory; a previous quickstart run there is replaced "
+        "(default: quickstart-run)",
     )
     parser.add_argument(
         "--seed",
