@@ -33,6 +33,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from biotransformer.baselines import kmer_baseline  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DNABERT2_MCC = {"prom_300_tata": 0.7159, "tf_0": 0.7199}
 ARCHITECTURE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_size": 256}
@@ -87,23 +89,6 @@ def write_csv(path: Path, sequences: list[str], labels: list[int]) -> Path:
         writer.writerow(["sequence", "label"])
         writer.writerows(zip(sequences, labels, strict=True))
     return path
-
-
-def kmer_baseline(train: tuple, test: tuple, k: tuple[int, int]) -> float:
-    """Test MCC of k-mer counts (L2-normalised) + logistic regression."""
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import matthews_corrcoef
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
-
-    pipeline = make_pipeline(
-        CountVectorizer(analyzer="char", ngram_range=k, lowercase=False),
-        Normalizer(),
-        LogisticRegression(max_iter=2000, C=10.0),
-    )
-    pipeline.fit(train[0], train[1])
-    return float(matthews_corrcoef(test[1], pipeline.predict(test[0])))
 
 
 def finetune_run(
