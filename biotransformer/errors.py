@@ -33,6 +33,19 @@ class InputError(BioTransformerError, ValueError):
         self.fix = fix
         super().__init__(self._format())
 
+    def with_path(self, path: str | PathLike[str]) -> InputError:
+        """This error naming ``path``, unless it already names a file."""
+        if self.path is not None:
+            return self
+        return InputError(
+            self.problem,
+            path=path,
+            record=self.record,
+            line=self.line,
+            position=self.position,
+            fix=self.fix,
+        )
+
     def _format(self) -> str:
         where = []
         if self.path is not None:

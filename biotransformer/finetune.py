@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -225,9 +225,15 @@ def apply_overrides(config: FinetuneConfig, overrides: Sequence[str]) -> Finetun
 
 
 def read_labelled(
-    path: str | Path, task: str, read: ReadOptions, *, labelled: bool = True
+    path: str | Path,
+    task: str,
+    read: ReadOptions,
+    *,
+    labelled: bool = True,
+    alphabet: Literal["dna", "protein"] | None = None,
 ) -> list[SequenceRecord]:
-    """All records of a file with labels typed for ``task``."""
+    """All records of a file with labels typed for ``task``; with ``alphabet``, records that
+    look like the other alphabet are refused (see ``io.read_sequences``)."""
     records = list(
         read_sequences(
             path,
@@ -237,6 +243,7 @@ def read_labelled(
             label_from=read.label_from,
             labels_file=read.labels_file,
             label_type=LABEL_TYPES[task] if labelled else None,
+            alphabet=alphabet,
         )
     )
     if not records:
@@ -342,9 +349,16 @@ def prepare_splits(
         groups = (
             None if config.read.group_column is None else read_groups(config.train, config.read)
         )
-        result = split_records(
-            train, fractions=missing, alphabet=alphabet, seed=config.training.seed, groups=groups
-        )
+        try:
+            result = split_records(
+                train,
+                fractions=missing,
+                alphabet=alphabet,
+                seed=config.training.seed,
+                groups=groups,
+            )
+        except InputError as error:  # too few records to split: name the training file
+            raise error.with_path(config.train) from None
         splits = {**result.splits, **given}
         removed = result.deduplicated.n_removed
         conflicting = result.deduplicated.n_conflicting
@@ -456,8 +470,9 @@ def build_model(
         model.tokenizer = tokenizer
     if tokenizer.alphabet != alphabet:
         raise ConfigError(
-            f"the data look like {alphabet}, but the tokenizer {tokenizer.spec!r} reads "
-            f"{tokenizer.alphabet}: pick a {alphabet} model or tokenizer"
+            f"{config.train}: the data look like {alphabet}, but the tokenizer "
+            f"{tokenizer.spec!r} reads {tokenizer.alphabet}. Fix: pick a {alphabet} model or "
+            "tokenizer"
         )
     if model.config.position in ("rotary", "alibi") and model.config.max_length < longest:
         model.config.max_length = longest  # relative positions: no table limits the length

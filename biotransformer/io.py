@@ -141,6 +141,13 @@ def read_sequences(
     return _records(options)
 
 
+def _looks_like_sequence(value: str) -> bool:
+    """A CSV field that is a sequence rather than a column name: long and all letters, or
+    nucleotides."""
+    letters = value.isalpha()
+    return letters and (len(value) >= 20 or (len(value) >= 8 and guess_alphabet(value) == "dna"))
+
+
 def guess_alphabet(sequence: str) -> Literal["dna", "protein"]:
     """``"dna"`` when at least 90 % of the first 1000 letters are A/C/G/T/U/N, else protein.
 
@@ -545,14 +552,23 @@ class _Table:
                 mode = True
             elif _is_sklearn_header(names):
                 mode = "sklearn"
+            elif any(_looks_like_sequence(name) for name in names):
+                raise InputError(
+                    f"the first line looks like data, not a header: it names no column "
+                    f"{options.sequence_column!r} (its fields are {names})",
+                    path=options.path,
+                    line=line,
+                    fix="add a header line naming the columns (e.g. 'sequence,label'), or "
+                    "pass header=False in Python",
+                )
             else:
                 raise InputError(
                     f"the first line names no column {options.sequence_column!r} "
                     f"(its fields are {names})",
                     path=options.path,
                     line=line,
-                    fix="pass sequence_column= the column holding the sequences, or "
-                    "header=False if the file has no header line",
+                    fix="name the column holding the sequences (--sequence-column NAME; "
+                    "sequence_column= in Python), or header=False if the file has no header line",
                 )
         if mode == "sklearn" and not _is_sklearn_header(names):
             raise InputError(

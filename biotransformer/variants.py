@@ -48,7 +48,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -105,9 +105,14 @@ class Variant:
         return "".join(letters)
 
 
-def read_reference(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Reference records by id, uppercased, in file order."""
-    records = {record.id: record.sequence.upper() for record in read_sequences(path)}
+def read_reference(
+    path: str | os.PathLike[str], *, alphabet: Literal["dna", "protein"] | None = None
+) -> dict[str, str]:
+    """Reference records by id, uppercased, in file order; with ``alphabet``, records that look
+    like the other alphabet are refused."""
+    records = {
+        record.id: record.sequence.upper() for record in read_sequences(path, alphabet=alphabet)
+    }
     if not records:
         raise InputError("the reference holds no sequence", path=path, fix="check the file")
     return records

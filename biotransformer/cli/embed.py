@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             sequence_column=args.sequence_column,
             id_column=args.id_column,
             label_column=None,
+            alphabet=model.tokenizer.alphabet,
         )
     )
     embeddings = embed_records(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from biotransformer.cli.finetune import add_label_options
 from biotransformer.cli.long_inputs import add_window_options, window_options
+from biotransformer.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,20 +92,27 @@ def run(args: argparse.Namespace) -> int:
     )
     masked_lm = task.task == "masked-lm"
     records = read_labelled(
-        args.data, "classification" if masked_lm else task.task, read, labelled=not masked_lm
+        args.data,
+        "classification" if masked_lm else task.task,
+        read,
+        labelled=not masked_lm,
+        alphabet=model.tokenizer.alphabet,
     )
-    metrics, predictions = evaluate_records(
-        model,
-        records,
-        task,
-        max_tokens=args.max_tokens,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        mask_rate=args.mask_rate,
-        accelerator=accelerator,
-        windows=window_options(args),
-        rc_average=args.rc_average,
-    )
+    try:
+        metrics, predictions = evaluate_records(
+            model,
+            records,
+            task,
+            max_tokens=args.max_tokens,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            mask_rate=args.mask_rate,
+            accelerator=accelerator,
+            windows=window_options(args),
+            rc_average=args.rc_average,
+        )
+    except InputError as error:  # labels checked against the model's name the data file
+        raise error.with_path(args.data) from None
     if not is_main(accelerator):
         return 0
     metrics = {"model": str(args.model), "data": str(args.data), "seed": args.seed, **metrics}

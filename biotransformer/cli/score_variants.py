@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     task = load_task(model, args.model)
-    reference = read_reference(args.reference)
+    reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
     variants = read_variants(args.variants, reference)
     if task.task == "masked-lm":
         methods = [method.strip() for method in args.methods.split(",") if method.strip()]

@@ -81,6 +81,8 @@ class _Source:
 
 # ---------------------------------------------------------------- reading inputs in pieces
 
+GZIP_FIX = "copy or download the file again, and check it with 'gzip -t'"
+
 
 def _raw_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:
@@ -88,8 +90,9 @@ def _raw_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Plain bytes from plain or gzip (also multi-member, as bgzip writes) chunks."""
+def _decompressed(chunks: Iterable[bytes], path: Path) -> Iterator[bytes]:
+    """Plain bytes from plain or gzip (also multi-member, as bgzip writes) chunks; a
+    truncated or corrupt gzip stream is an ``InputError`` naming ``path``."""
     chunks = iter(chunks)
     first = next(chunks, b"")
     if not first.startswith(b"\x1f\x8b"):
@@ -97,17 +100,21 @@ def _decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield from chunks
         return
     decompressor = zlib.decompressobj(wbits=31)
-    pending = first
-    while True:
+    pending, member_open = first, False
+    try:
         while pending:
-            yield decompressor.decompress(pending, READ_BYTES)
-            pending = decompressor.unconsumed_tail
-            if decompressor.eof:
-                pending = decompressor.unused_data + pending
-                decompressor = zlib.decompressobj(wbits=31)
-        pending = next(chunks, b"")
-        if not pending:
-            return
+            while pending:
+                member_open = True
+                yield decompressor.decompress(pending, READ_BYTES)
+                pending = decompressor.unconsumed_tail
+                if decompressor.eof:
+                    pending = decompressor.unused_data + pending
+                    decompressor, member_open = zlib.decompressobj(wbits=31), False
+            pending = next(chunks, b"")
+    except zlib.error as error:
+        raise InputError(f"the gzip data is corrupt ({error})", path=path, fix=GZIP_FIX) from None
+    if member_open:
+        raise InputError("the gzip data is truncated", path=path, fix=GZIP_FIX)
 
 
 def _fasta_events(chunks: Iterable[bytes], path: Path) -> Iterator[tuple[str, bytes]]:
@@ -154,7 +161,7 @@ def _record_id(header: bytearray, path: Path) -> bytes:
 
 def _sequence_events(source: _Source) -> Iterator[tuple[str, bytes]]:
     if source.fasta:
-        yield from _fasta_events(_decompressed(_raw_chunks(source.path)), source.path)
+        yield from _fasta_events(_decompressed(_raw_chunks(source.path), source.path), source.path)
         return
     from biotransformer.io import read_sequences
 
@@ -174,7 +181,7 @@ def _index(path: Path) -> _Source:
             digest.update(chunk)
             yield chunk
 
-    plain = _decompressed(hashed())
+    plain = _decompressed(hashed(), path)
     first = b""
     for first in plain:
         if first.strip():
@@ -604,11 +611,18 @@ class _WindowEncoder:
                 bases.decode("ascii"), add_special_tokens=False, max_length=len(bases) + 2
             )
         except (InputError, UnicodeDecodeError) as error:
+            from biotransformer.io import guess_alphabet
+
+            problem = error.problem if isinstance(error, InputError) else str(error)
+            fix = "check the file holds sequences of the tokenizer's alphabet"
+            alphabet = guess_alphabet(bases.decode("ascii", errors="replace"))
+            if alphabet != self.tokenizer.alphabet:
+                fix = f"this looks like {alphabet}: prepare it with --tokenizer {alphabet}"
             raise InputError(
-                f"cannot tokenise bases {start}-{end}: {error}",
+                f"cannot tokenise bases {start}-{end}: {problem}",
                 path=self.path,
                 record=record_id,
-                fix="check the file holds sequences of the tokenizer's alphabet",
+                fix=fix,
             ) from error
 
 
