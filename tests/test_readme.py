@@ -1,4 +1,7 @@
-"""Every fenced shell block of the README runs as written, except a short reviewed list."""
+"""Every fenced shell block of the README runs as written, except a short reviewed list.
+
+Blocks run in README order: the usage blocks work on the files the main job's quickstart
+leaves in ``quickstart-run/``."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ BLOCK_PATTERN = re.compile(r"^```bash(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.S 
 # Blocks that cannot run inside this test, each with its reason. Keep this list short.
 NOT_RUN = {
     "tests": "it runs pytest, which is what is running this test",
+    "multi-gpu": "needs several GPUs",
 }
 
 
