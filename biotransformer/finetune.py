@@ -56,6 +56,7 @@ from biotransformer.inference import (
     write_predictions_tsv,
 )
 from biotransformer.io import SequenceRecord, guess_alphabet, read_sequences
+from biotransformer.memory import preflight
 from biotransformer.metrics import tune_threshold
 from biotransformer.report import write_report
 from biotransformer.splits import deduplicate, leakage_report, split_records
@@ -587,6 +588,13 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         seed=training.seed,
         num_replicas=accelerator.num_processes,
         rank=accelerator.process_index,
+    )
+    lengths = datasets["train"].lengths
+    preflight(
+        model.config,
+        min(sampler.max_tokens, int(lengths.sum())),
+        int(lengths.max()),
+        device=str(accelerator.device),
     )
     steps_per_epoch = max(len(sampler) // training.gradient_accumulation_steps, 1)
     max_steps = config.max_steps or max(math.ceil(config.epochs * steps_per_epoch), 1)

@@ -56,6 +56,7 @@ from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.data.shards import ShardDataset, prepare_corpus
 from biotransformer.errors import BioTransformerError, ConfigError
 from biotransformer.heads import MaskedLM
+from biotransformer.memory import preflight
 from biotransformer.tokenizers import Tokenizer, canonical_spec, parse_spec
 
 IGNORE_INDEX = -100
@@ -592,6 +593,13 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
 
     set_seed(training.seed)  # the same initial weights on every process
     model = MaskedLM(config.model_config(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id))
+    preflight(
+        model.config,
+        min(data.max_tokens, int(train_set.lengths.sum())),
+        int(train_set.lengths.max()),
+        device=str(accelerator.device),
+        budget_option="data.max_tokens",
+    )
     optimizer = build_optimizer(model, training)
     scheduler = build_scheduler(optimizer, training)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
