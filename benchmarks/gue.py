@@ -14,26 +14,21 @@ folds. Every setting is stored in the JSON with the results.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# Running this file puts benchmarks/ first on sys.path, where benchmarks/tokenize.py would
-# shadow the standard library's tokenize module (imported by numpy through inspect).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from biotransformer.baselines import kmer_baseline  # noqa: E402
+from biotransformer.baselines import kmer_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 DNABERT2_MCC = {"prom_300_tata": 0.7159, "tf_0": 0.7199}

@@ -8,21 +8,14 @@ the same mean size padded to their longest. Real share = real tokens / (batch x 
 Writes ``benchmarks/results/padding.json``. ``--smoke`` uses 300 sequences and runs in seconds.
 """
 
-# ruff: noqa: E402 (the import path is fixed before the imports)
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this folder heads sys.path and its tokenize.py would shadow the standard
-# library's tokenize: drop the folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import datetime
 import json
 import os
 import platform
+from pathlib import Path
 
 import numpy as np
 

@@ -9,15 +9,7 @@ checksum and index pass, windowing, tokenising and writing the shards.
 Writes ``benchmarks/results/prepare.json``. ``--smoke`` runs 4 Mbp inputs in seconds.
 """
 
-# ruff: noqa: E402 (the import path is fixed before the imports)
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this folder heads sys.path and its tokenize.py would shadow the standard
-# library's tokenize: drop the folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import datetime
@@ -26,7 +18,9 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import h5py
 import numpy as np

@@ -12,15 +12,7 @@ Writes ``benchmarks/results/variants.json``. ``--smoke`` uses a 2-layer model an
 seconds.
 """
 
-# ruff: noqa: E402 (the import path is fixed before the imports)
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this folder heads sys.path and its tokenize.py would shadow the standard
-# library's tokenize: drop the folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import datetime
@@ -30,6 +22,7 @@ import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -10,11 +10,11 @@ import pytest
 
 
 def test_tokenize_benchmark_smoke(repo_root, tmp_path):
-    out = tmp_path / "tokenize.json"
+    out = tmp_path / "tokenization.json"
     subprocess.run(
         [
             sys.executable,
-            str(repo_root / "benchmarks" / "tokenize.py"),
+            str(repo_root / "benchmarks" / "tokenization.py"),
             "--smoke",
             "--out",
             str(out),

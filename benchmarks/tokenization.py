@@ -16,18 +16,10 @@ validate nothing (unknown letters become ``<unk>``). Each call encodes one batch
 big enough for glibc to map fresh pages on every call, and page faults, not tokenising, set
 the speed.
 
-Writes ``benchmarks/results/tokenize.json`` atomically. ``--smoke`` runs tiny sizes in seconds.
+Writes ``benchmarks/results/tokenization.json`` atomically. ``--smoke`` runs tiny sizes in seconds.
 """
 
-# ruff: noqa: E402 (the import path is fixed before the imports)
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder heads sys.path, and its name would shadow the standard
-# library's tokenize (imported by numpy through inspect, and by transformers): drop the folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import csv
@@ -38,9 +30,11 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +44,7 @@ from biotransformer.tokenizers import ESM2_TOKENS, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BIOTRANSFORMER_SHARED_DATA", ROOT.parent / "shared" / "data"))
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "tokenize.json"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "tokenization.json"
 LENGTHS = {"101": 101, "2k": 2000}
 BATCH_LETTERS = 26_000
 LARGE_BATCH_LETTERS = 128_000
