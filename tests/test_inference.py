@@ -180,6 +180,15 @@ if accelerator.is_main_process:
 """
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (fixed ports collide with concurrent test runs)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_rank_evaluation_equals_one_process(records, tmp_path):
@@ -200,8 +209,9 @@ def test_two_rank_evaluation_equals_one_process(records, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun) if torchrun.exists() else shutil.which("torchrun")]
     subprocess.run(
-        [*command, "--nproc_per_node", "2", "--master_port", "29571", str(tmp_path / "run.py"),
-         str(tmp_path / "model"), str(tmp_path / "data.fa"), str(tmp_path / "two.json")],
+        [*command, "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(tmp_path / "run.py"), str(tmp_path / "model"), str(tmp_path / "data.fa"),
+         str(tmp_path / "two.json")],
         check=True,
         capture_output=True,
         timeout=170,
