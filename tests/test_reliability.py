@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState, GradientState
+from test_inference import free_port
 from test_train import SUBPROCESS_ENV, cli, model_weights, read_log, run_values, write_fasta
 
 from biotransformer.checkpointing import latest_checkpoint
@@ -193,7 +194,8 @@ def test_two_rank_evaluate_equals_one_process_exactly_on_a_ragged_dataset(tmp_pa
     )
     torchrun = Path(sys.executable).with_name("torchrun")
     subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29523", "-m", "biotransformer",
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
+         "-m", "biotransformer",
          *evaluate, "--metrics-out", str(double), "--predictions-out", str(tmp_path / "2.tsv")],
         check=True, env=SUBPROCESS_ENV, capture_output=True,
     )  # fmt: skip
