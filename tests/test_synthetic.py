@@ -74,8 +74,7 @@ def test_kmer_baseline_separates_what_kmer_counts_see():
     def sample(n: int) -> tuple[list[str], list[int]]:
         labels = [i % 2 for i in range(n)]
         sequences = [
-            "".join(rng.choice(list("ACGT"), 30)) + ("GGGCCC" if y else "TTTAAA")
-            for y in labels
+            "".join(rng.choice(list("ACGT"), 30)) + ("GGGCCC" if y else "TTTAAA") for y in labels
         ]
         return sequences, labels
 
