@@ -592,7 +592,11 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
         )
 
     set_seed(training.seed)  # the same initial weights on every process
-    model = MaskedLM(config.model_config(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id))
+    # The LM head runs only at masked positions: the loss is the same, the head's work ~15%.
+    model = MaskedLM(
+        config.model_config(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id),
+        target_logits_only=True,
+    )
     preflight(
         model.config,
         min(data.max_tokens, int(train_set.lengths.sum())),
