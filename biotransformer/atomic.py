@@ -61,6 +61,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_directory(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staging.chmod(0o777 & ~(0o666 ^ _default_file_mode()))  # mkdtemp makes 0o700
     try:
@@ -79,6 +80,19 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def restore_interrupted_directory(path: str | os.PathLike[str]) -> None:
+    """Put back a directory that a killed ``atomic_directory`` had moved aside (``.NAME.*.old``)
+    but not yet replaced: afterwards the last complete version is under its own name again."""
+    target = Path(path)
+    if target.exists():
+        return
+    for retired in sorted(target.parent.glob(f".{target.name}.*.old")):
+        if (retired / target.name).is_dir():
+            os.replace(retired / target.name, target)
+            shutil.rmtree(retired, ignore_errors=True)
+            return
 
 
 def _fsync_tree(root: Path) -> None:

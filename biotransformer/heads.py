@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from biotransformer import __version__
-from biotransformer.atomic import atomic_directory
+from biotransformer.atomic import atomic_directory, restore_interrupted_directory
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
@@ -521,16 +521,20 @@ MODEL_CLASSES: dict[str, type[BioTransformerModel]] = {
 def load_model(
     directory: str | os.PathLike[str],
     model_class: type[BioTransformerModel] | str | None = None,
+    *,
+    require_tokenizer: bool = False,
     **head_options: Any,
 ) -> Any:
     """Rebuild the model saved in ``directory`` (in eval mode), with its tokenizer attached as
-    ``model.tokenizer`` when ``tokenizer.json`` is there.
+    ``model.tokenizer`` when ``tokenizer.json`` is there (required with ``require_tokenizer``,
+    as by every command that reads sequences).
 
     With ``model_class`` (or ``head_options``) different from what was saved, the encoder is
     loaded and the head starts fresh: ``model.loading_info`` then lists the ``new`` weights
     (initialised, not loaded) and the ``unused`` ones (in the file, not in the model).
     """
     directory = Path(directory)
+    restore_interrupted_directory(directory)
     document = _read_config(directory)
     saved_class = MODEL_CLASSES[document["model_type"]]
     if isinstance(model_class, str):
@@ -565,6 +569,12 @@ def load_model(
                 f"vocab_size = {config.vocab_size}. Fix: put back the tokenizer.json saved with "
                 "this model"
             )
+    elif require_tokenizer:
+        raise ModelDirectoryError(
+            f"{tokenizer_path}: missing, so this model cannot read sequences. Fix: copy in the "
+            "tokenizer.json the model was trained with, or save it with "
+            "save_pretrained(directory, tokenizer=...)"
+        )
     return model.eval()
 
 

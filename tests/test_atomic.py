@@ -62,3 +62,17 @@ def test_atomic_directory_failure_keeps_previous_version(tmp_path):
         raise KeyboardInterrupt
     assert (target / "config.json").read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_directory_moved_aside_by_a_killed_save_is_restored(tmp_path):
+    from biotransformer.atomic import restore_interrupted_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as staging:
+        (staging / "config.json").write_text("good")
+    retired = tmp_path / ".model.abc123.old"
+    retired.mkdir()
+    os.replace(target, retired / "model")  # the state between atomic_directory's two renames
+    restore_interrupted_directory(target)
+    assert (target / "config.json").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -285,3 +285,28 @@ def test_masked_lm_target_logits_only_matches_full_loss() -> None:
     for a, b in zip(full.parameters(), sparse.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=0)
     assert sparse(ids, mask).logits.shape == (2, 7, VOCAB)
+
+
+def test_commands_refuse_a_model_directory_without_its_tokenizer(tmp_path):
+    from biotransformer.cli import main
+
+    model = bt.MaskedLM(bt.ModelConfig.from_preset("tiny", vocab_size=20))
+    model.save_pretrained(tmp_path / "model")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGT\n")
+    with pytest.raises(ModelDirectoryError, match=r"tokenizer\.json: missing"):
+        bt.load_model(tmp_path / "model", require_tokenizer=True)
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tmp_path / "model"),
+                "--input",
+                str(fasta),
+                "--out",
+                str(tmp_path / "e.h5"),
+            ]
+        )
+        == 2
+    )

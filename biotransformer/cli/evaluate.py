@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.report import write_report
 
     accelerator = launched_accelerator()
-    model = load_model(args.model)
+    model = load_model(args.model, require_tokenizer=True)
     if accelerator is not None:
         model.to(accelerator.device)
     task = load_task(model, args.model)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.io import read_sequences
     from biotransformer.report import plot_attention_of
 
-    model = load_model(args.model)
+    model = load_model(args.model, require_tokenizer=True)
     if args.sequence is not None:
         sequence = args.sequence
     else:

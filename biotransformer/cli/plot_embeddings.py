@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.io import read_sequences
     from biotransformer.report import plot_embeddings_of
 
-    model = load_model(args.model)
+    model = load_model(args.model, require_tokenizer=True)
     records = list(
         read_sequences(
             args.data,

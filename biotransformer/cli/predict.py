@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.io import read_sequences
 
     accelerator = launched_accelerator()
-    model = load_model(args.model)
+    model = load_model(args.model, require_tokenizer=True)
     if accelerator is not None:
         model.to(accelerator.device)
     task = load_task(model, args.model)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.io import read_sequences
     from biotransformer.saliency import explain, write_saliency
 
-    model = load_model(args.model)
+    model = load_model(args.model, require_tokenizer=True)
     task = load_task(model, args.model)
     records = read_sequences(
         args.input,

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         write_scores_tsv,
     )
 
-    model = load_model(args.model)
+    model = load_model(args.model, require_tokenizer=True)
     task = load_task(model, args.model)
     reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
     variants = read_variants(args.variants, reference)
