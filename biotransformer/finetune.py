@@ -7,7 +7,10 @@ training loop of ``biotransformer.train``, keeps the model that scores best on v
 and evaluates the test split once, at the end, with that model. The output directory::
 
     model/            the selected model directory (config.json, model.safetensors,
-                      tokenizer.json, task.json with the decision threshold)
+                      tokenizer.json, task.json with the decision threshold); with LoRA,
+                      the adapters merged into the encoder
+    adapter/          with LoRA: the selected adapter and head weights (``lora.save_adapter``)
+    imported/         with ``--model hf:PATH`` or ``fair-esm:PATH``: the converted base model
     metrics.json      validation and test metrics with bootstrap CIs, n, threshold, seed
     predictions_valid.tsv, predictions_test.tsv
     config.yaml       the resolved fine-tuning config
@@ -32,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from biotransformer.atomic import atomic_directory, atomic_write
 from biotransformer.checkpointing import Checkpointer
@@ -55,7 +58,15 @@ from biotransformer.inference import (
     token_targets,
     write_predictions_tsv,
 )
+from biotransformer.interop import model_directory
 from biotransformer.io import SequenceRecord, guess_alphabet, read_sequences
+from biotransformer.lora import (
+    LoraSettings,
+    apply_lora,
+    load_adapter_weights,
+    merge_lora,
+    save_adapter,
+)
 from biotransformer.memory import preflight
 from biotransformer.metrics import tune_threshold
 from biotransformer.report import write_report
@@ -121,7 +132,11 @@ class FinetuneConfig:
     (default: MCC, R^2 for regression, AUROC with ``tune_threshold``, whose threshold is tuned
     after selection).
     ``rc_augment`` (DNA only) serves each training sample reverse-complemented with that
-    probability, drawn from (seed, epoch, index) (see ``strands``)."""
+    probability, drawn from (seed, epoch, index) (see ``strands``).
+    ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
+    ``output_dir/imported``. ``lora`` (``r=8,alpha=16``, see ``LoraSettings.parse``) trains
+    LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
+    into ``output_dir/model``."""
 
     train: str
     output_dir: str
@@ -142,6 +157,7 @@ class FinetuneConfig:
     max_length: int | None = None
     pooling: str = "mean"
     freeze_encoder: bool = False
+    lora: str | None = None
     class_weights: str | None = None
     pos_weight: float | str | None = None
     tune_threshold: bool = False
@@ -179,6 +195,10 @@ class FinetuneConfig:
             raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
         if self.evals_per_epoch < 1:
             raise ConfigError(f"evals_per_epoch = {self.evals_per_epoch} must be >= 1")
+        if self.lora is not None:
+            if self.freeze_encoder:
+                raise ConfigError("give --lora or --freeze-encoder, not both")
+            LoraSettings.parse(self.lora)
         self.training.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -556,7 +576,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     train_targets = (
         label_targets(task, splits["train"]) if config.task != "token-classification" else None
     )
-    provisional = build_model(config, alphabet, labels, None, longest)
+    base = import_base(config, accelerator)
+    provisional = build_model(base, alphabet, labels, None, longest)
     tokenizer = provisional.tokenizer
     max_length = config.max_length or provisional.config.max_length
     datasets = {
@@ -567,9 +588,19 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         train_targets = _targets(config.task, datasets["train"])
     weights = loss_weights(config, labels, train_targets)
     set_seed(training.seed)
-    model = build_model(config, alphabet, labels, weights, longest) if weights else provisional
+    model = build_model(base, alphabet, labels, weights, longest) if weights else provisional
     if config.task == "regression":
         model.fit_target_scaling(torch.as_tensor(train_targets, dtype=torch.float32))
+    if config.lora is not None:
+        apply_lora(model, LoraSettings.parse(config.lora))
+    parameters = {
+        "trainable": model.num_parameters(trainable_only=True),
+        "total": model.num_parameters(),
+    }
+    accelerator.print(
+        f"parameters: {parameters['trainable']:,} of {parameters['total']:,} trainable "
+        f"({100 * parameters['trainable'] / parameters['total']:.2f}%)"
+    )
     if config.rc_augment > 0:
         datasets["train"] = strand_augmented(
             splits["train"],
@@ -618,6 +649,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
     checkpointer = Checkpointer(accelerator, output_dir / "checkpoints", training.keep_last)
     model_dir = output_dir / "model"
+    adapter_dir = output_dir / "adapter"
     select = config.select_metric or (
         "auroc" if config.tune_threshold else SELECT_METRICS[config.task]
     )
@@ -650,7 +682,10 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         if best["step"] is None or score > best["score"]:
             best.update(score=score, step=state.step)
             if accelerator.is_main_process:
-                save_model_directory(network, model_dir, task.to_dict())
+                if config.lora is None:
+                    save_model_directory(network, model_dir, task.to_dict())
+                else:  # merged into model/ at the end
+                    save_adapter(network, adapter_dir)
             accelerator.wait_for_everyone()
         return values
 
@@ -663,6 +698,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             "num_processes": accelerator.num_processes,
             "alphabet": alphabet,
             "labels": labels,
+            "base_model": base.model_dir,
+            "parameters": parameters,
             "splits": dataclasses.asdict(report),
         }
         with atomic_write(output_dir / "run.json") as handle:
@@ -681,6 +718,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         accelerator.end_training()
     if accelerator.is_main_process:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        if config.lora is not None:  # the selected adapters, merged: an ordinary model
+            network = load_adapter_weights(accelerator.unwrap_model(model), adapter_dir)
+            save_model_directory(merge_lora(network), model_dir, task.to_dict())
     accelerator.wait_for_everyone()
 
     metrics = final_evaluation(config, model_dir, splits, accelerator, report, best["step"])
@@ -691,6 +731,19 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             json.dump(metrics, handle, indent=2)
     accelerator.wait_for_everyone()
     return FinetuneResult(output_dir, model_dir, metrics, best["step"], elapsed)
+
+
+def import_base(config: FinetuneConfig, accelerator: Any) -> FinetuneConfig:
+    """``config`` with ``model_dir`` a model directory: ``hf:PATH`` and ``fair-esm:PATH``
+    are converted into ``OUT/imported`` once, by the main process."""
+    if config.model_dir is None:
+        return config
+    resolved: list[str | None] = [None]
+    if accelerator.is_main_process:
+        imported = Path(config.output_dir) / "imported"
+        resolved = [str(model_directory(config.model_dir, imported))]
+    broadcast_object_list(resolved)
+    return dataclasses.replace(config, model_dir=resolved[0])
 
 
 def _target_counter(task: str) -> Any:

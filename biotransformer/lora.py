@@ -108,8 +108,10 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter and head weights: what LoRA training changes."""
+    """The adapter and head weights, with the head's saved buffers (a regressor's target
+    scaling): what LoRA training changes."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
+    names |= {name for name, _ in model.named_buffers() if not name.startswith("encoder.")}
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
 
 
@@ -132,7 +134,13 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     if not config_path.is_file():
         raise ModelDirectoryError(f"{config_path}: not found. Fix: pass a save_adapter directory")
     settings = LoraSettings(**json.loads(config_path.read_text()))
-    apply_lora(model, settings)
+    return load_adapter_weights(apply_lora(model, settings), directory)
+
+
+def load_adapter_weights(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load the adapter and head weights saved in ``directory`` into ``model``, which has
+    the same adapters already (e.g. to go back to an earlier ``save_adapter``)."""
+    directory = Path(directory)
     state = load_file(directory / ADAPTER_WEIGHTS_FILE)
     expected = set(trainable_state_dict(model))
     if set(state) != expected:

@@ -7,7 +7,7 @@ import torch
 
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError
-from biotransformer.heads import MaskedLM, SequenceClassifier, load_model
+from biotransformer.heads import MaskedLM, SequenceClassifier, SequenceRegressor, load_model
 from biotransformer.lora import LoraSettings, apply_lora, load_adapter, merge_lora, save_adapter
 
 pytest.importorskip("peft")
@@ -115,3 +115,14 @@ def test_tied_decoder_stays_frozen():
     assert not model.encoder.embed_tokens.weight.requires_grad
     assert model.lm_head.dense.weight.requires_grad
     assert not model.lm_head.decoder.weight.requires_grad
+
+
+def test_adapter_keeps_a_regressors_target_scaling(tmp_path):
+    base = SequenceRegressor(ModelConfig.from_preset("tiny", vocab_size=33), num_outputs=1)
+    base.save_pretrained(tmp_path / "base")
+    model = apply_lora(load_model(tmp_path / "base"), LoraSettings(r=2, alpha=4))
+    model.fit_target_scaling(torch.tensor([1.0, 5.0, 9.0]))
+    save_adapter(model, tmp_path / "adapter")
+    reloaded = load_adapter(load_model(tmp_path / "base"), tmp_path / "adapter")
+    assert torch.equal(reloaded.target_mean, model.target_mean)
+    assert torch.equal(reloaded.target_std, model.target_std)

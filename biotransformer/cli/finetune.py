@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  biotransformer finetune --train train.csv --task classification --out runs/x\n"
             "  biotransformer finetune --train train.csv --valid dev.csv --test test.csv "
             "--model runs/pretrain/model --out runs/y --epochs 5 --lr 1e-3\n"
+            "  biotransformer finetune --train train.csv --model hf:esm2_t6_8M_UR50D "
+            "--lora r=8,alpha=16 --out runs/lora\n"
             "  biotransformer finetune --train seqs.fasta --label-from key:class "
             "--preset tiny --out runs/z model.num_layers=2 training.weight_decay=0.0"
         ),
@@ -100,8 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--model",
         metavar="DIR",
-        help="warm start from this model directory (e.g. a pretrained masked-LM); its "
-        "tokenizer is used",
+        help="warm start from this model directory (e.g. a pretrained masked-LM), or from "
+        "hf:PATH (a local HuggingFace ESM directory) or fair-esm:PATH (an ESM-2 .pt file), "
+        "converted into OUT/imported; its tokenizer is used",
     )
     model.add_argument(
         "--preset",
@@ -123,6 +126,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--freeze-encoder",
         action="store_true",
         help="train the head only (a linear probe on the encoder's features)",
+    )
+    model.add_argument(
+        "--lora",
+        metavar="r=R,alpha=A",
+        help="train LoRA adapters (and the head) instead of the encoder: r= rank (default 8), "
+        "alpha= scale, update alpha/r*BA (default 16), dropout= on the adapter input "
+        "(default 0), targets= encoder linears joined by + (default qkv+out+up+down); the "
+        "adapters and head go to OUT/adapter, model/ holds them merged (needs peft)",
     )
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=float, default=3.0, help="passes over train (default: 3)")
@@ -212,6 +223,7 @@ def build_config(args: argparse.Namespace) -> object:
         tokenizer=args.tokenizer,
         pooling=args.pooling,
         freeze_encoder=args.freeze_encoder,
+        lora=args.lora,
         epochs=args.epochs,
         max_tokens=args.max_tokens,
         max_length=args.max_length,
