@@ -287,3 +287,11 @@ def test_cli_prepare_writes_shards_and_reports_json(tmp_path, capsys):
         == 2
     )
     assert "--force" in capsys.readouterr().err
+
+
+def test_a_corpus_of_only_n_windows_is_refused(tmp_path):
+    fasta = tmp_path / "gaps.fa"
+    fasta.write_text(">scaffold\nNNNNNNNNNN\n")
+    with pytest.raises(InputError, match=r"gaps\.fa.*no sequence left.*Fix: check"):
+        prepare_corpus([fasta], Tokenizer.from_spec("dna"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -491,6 +491,13 @@ def prepare_corpus(
                 summary.bases += len(value)
                 bar.update(len(value))
             encoder.flush()
+    if not any(writer.tokens for writer in writers.values()):
+        raise InputError(
+            f"no sequence left to train on: all {summary.dropped_windows} windows are more than "
+            f"{max_n_fraction:.0%} N{'' if keep_soft_masked else ' or soft-masked'}",
+            path=", ".join(str(source.path) for source in sources),
+            fix="check that the files hold sequence data, or raise --max-n-fraction",
+        )
     for writer in writers.values():
         writer.close()
     summary.sequences = {split: writers[split].sequences for split in SPLITS}
