@@ -64,7 +64,8 @@ def resolve_resume(resume: str | os.PathLike[str] | None, directory: Path) -> Pa
         if existing is not None:
             raise ConfigError(
                 f"{directory} already holds checkpoints (newest: {existing.name}). Fix: pass "
-                "--resume latest to continue that run, or choose a new training.output_dir"
+                "--resume latest to continue that run, or choose a new output directory "
+                "(pretrain: training.output_dir, finetune: --out)"
             )
         return None
     if str(resume) == "latest":

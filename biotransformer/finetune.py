@@ -16,6 +16,8 @@ and evaluates the test split once, at the end, with that model. The output direc
     config.yaml       the resolved fine-tuning config
     run.json          provenance (versions, git commit, command, seed, split report)
     log.jsonl         training log (loss, lr; validation metrics at each evaluation)
+    checkpoints/      while the run lasts: ``train.Checkpointer`` folders every
+                      ``training.save_every`` steps and at the end, for ``resume``
     *.png, report.html
 """
 
@@ -38,7 +40,7 @@ import yaml
 from accelerate.utils import broadcast_object_list, set_seed
 
 from biotransformer.atomic import atomic_directory, atomic_write
-from biotransformer.checkpointing import Checkpointer
+from biotransformer.checkpointing import Checkpointer, resolve_resume
 from biotransformer.config import ModelConfig, TrainingConfig, _suggest
 from biotransformer.data.collator import PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
@@ -83,6 +85,7 @@ from biotransformer.train import (
     count_targets,
     make_accelerator,
     provenance,
+    restore_checkpoint,
     train_loop,
 )
 
@@ -136,7 +139,9 @@ class FinetuneConfig:
     ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
     ``output_dir/imported``. ``lora`` (``r=8,alpha=16``, see ``LoraSettings.parse``) trains
     LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
-    into ``output_dir/model``."""
+    into ``output_dir/model``.
+    ``resume`` (``latest`` or a checkpoint folder) continues a run from its checkpoints
+    (``training.save_every``, ``training.keep_last``); they are removed when the run ends."""
 
     train: str
     output_dir: str
@@ -166,6 +171,7 @@ class FinetuneConfig:
     rc_augment: float = 0.0
     bootstrap: int = 1000
     plots: bool = True
+    resume: str | None = None
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(lr=3e-4, schedule="linear", min_lr_ratio=0.0)
     )
@@ -520,13 +526,31 @@ def save_model_directory(model: torch.nn.Module, directory: Path, task: Mapping[
 
 @dataclass
 class FinetuneResult:
-    """Where the run wrote its outputs and the final metrics."""
+    """Where the run wrote its outputs and the final metrics (none when a signal stopped
+    the run: it then left a checkpoint to resume from)."""
 
     output_dir: Path
     model_dir: Path
     metrics: dict[str, Any]
-    best_step: int
+    best_step: int | None
     seconds: float
+    outcome: Literal["finished", "interrupted"] = "finished"
+
+
+@dataclass
+class Selection:
+    """The best validation score so far and its step; registered for checkpointing, so a
+    resumed run keeps selecting against it."""
+
+    score: float = -math.inf
+    step: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.score = float(state["score"])
+        self.step = state["step"]
 
 
 def _targets(task: str, dataset: Any) -> np.ndarray:
@@ -557,6 +581,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     output_dir = Path(config.output_dir)
     training = dataclasses.replace(config.training, output_dir=str(output_dir))
     accelerator = make_accelerator(training, project_dir=output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    resume_from = resolve_resume(config.resume, checkpoint_dir)
 
     first = next(iter(read_labelled(config.train, config.task, config.read)))
     alphabet = guess_alphabet(first.sequence)
@@ -632,8 +658,6 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     training.max_steps = max_steps
     training.warmup_steps = round(config.warmup_fraction * max_steps)
     training.eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)
-    training.save_every = 0
-    training.keep_last = 1
     training.log_every = min(training.log_every, max(training.eval_every, 1))
 
     optimizer = build_optimizer(model, training)
@@ -642,19 +666,21 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     collator = PaddingCollator(tokenizer.pad_id, token_labels=config.task == "token-classification")
     batches = BatchStream(datasets["train"], sampler, collator)
     state = TrainerState()
-    accelerator.register_for_checkpointing(state, batches)
+    best = Selection()
+    accelerator.register_for_checkpointing(state, batches, best)
 
-    if output_dir.exists() and (output_dir / "log.jsonl").exists() and accelerator.is_main_process:
-        (output_dir / "log.jsonl").unlink()
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
-    checkpointer = Checkpointer(accelerator, output_dir / "checkpoints", training.keep_last)
+    checkpointer = Checkpointer(accelerator, checkpoint_dir, training.keep_last)
+    if resume_from is not None:
+        restore_checkpoint(accelerator, resume_from, state, checkpointer, log)
+    elif log.path.exists() and accelerator.is_main_process:
+        log.path.unlink()
     model_dir = output_dir / "model"
     adapter_dir = output_dir / "adapter"
     select = config.select_metric or (
         "auroc" if config.tune_threshold else SELECT_METRICS[config.task]
     )
     valid_truth = _targets(config.task, datasets["valid"])
-    best: dict[str, Any] = {"score": -math.inf, "step": None}
 
     def evaluate() -> dict[str, float]:
         network = accelerator.unwrap_model(model)
@@ -679,8 +705,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         score = result["metrics"][select]["value"]
         score = -score if select in ("rmse", "mae") else score
         score = score if math.isfinite(score) else -math.inf
-        if best["step"] is None or score > best["score"]:
-            best.update(score=score, step=state.step)
+        if best.step is None or score > best.score:
+            best.score, best.step = score, state.step
             if accelerator.is_main_process:
                 if config.lora is None:
                     save_model_directory(network, model_dir, task.to_dict())
@@ -689,7 +715,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             accelerator.wait_for_everyone()
         return values
 
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and resume_from is None:
         resolved = {**config.to_dict(), "training": dataclasses.asdict(training)}
         with atomic_write(output_dir / "config.yaml") as handle:
             yaml.safe_dump(resolved, handle, sort_keys=False)
@@ -710,27 +736,32 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         evaluate=evaluate,
         count=_target_counter(config.task),
         desc="finetune",
-        resume_hint="start the run again (fine-tuning runs are short)",
+        resume_hint=f"rerun the same command with --resume latest (--out {output_dir})",
     )
-    try:
-        train_loop(accelerator, model, optimizer, scheduler, batches, state, training, context)
-    finally:
-        accelerator.end_training()
-    if accelerator.is_main_process:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-        if config.lora is not None:  # the selected adapters, merged: an ordinary model
+    try:  # end_training ends the process group: the final evaluation gathers before it
+        outcome = train_loop(
+            accelerator, model, optimizer, scheduler, batches, state, training, context
+        )
+        if outcome == "interrupted":
+            elapsed = time.perf_counter() - started
+            return FinetuneResult(output_dir, model_dir, {}, best.step, elapsed, outcome)
+        if accelerator.is_main_process and config.lora is not None:
+            # the selected adapters, merged: an ordinary model
             network = load_adapter_weights(accelerator.unwrap_model(model), adapter_dir)
             save_model_directory(merge_lora(network), model_dir, task.to_dict())
-    accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
-    metrics = final_evaluation(config, model_dir, splits, accelerator, report, best["step"])
-    elapsed = time.perf_counter() - started
-    if accelerator.is_main_process:
-        metrics["seconds"] = elapsed
-        with atomic_write(output_dir / "metrics.json") as handle:
-            json.dump(metrics, handle, indent=2)
-    accelerator.wait_for_everyone()
-    return FinetuneResult(output_dir, model_dir, metrics, best["step"], elapsed)
+        metrics = final_evaluation(config, model_dir, splits, accelerator, report, best.step)
+        elapsed = time.perf_counter() - started
+        if accelerator.is_main_process:
+            metrics["seconds"] = elapsed
+            with atomic_write(output_dir / "metrics.json") as handle:
+                json.dump(metrics, handle, indent=2)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete
+        accelerator.wait_for_everyone()
+    finally:
+        accelerator.end_training()
+    return FinetuneResult(output_dir, model_dir, metrics, best.step, elapsed)
 
 
 def import_base(config: FinetuneConfig, accelerator: Any) -> FinetuneConfig:

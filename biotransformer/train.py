@@ -478,6 +478,22 @@ def _save(
     )
 
 
+def restore_checkpoint(
+    accelerator: Accelerator,
+    checkpoint: Path,
+    state: TrainerState,
+    checkpointer: Checkpointer,
+    log: MetricsLog,
+) -> None:
+    """Resume: load ``checkpoint`` into the prepared objects and every object registered for
+    checkpointing; later saves count from its step, and log rows that a killed run wrote
+    after it are dropped."""
+    accelerator.load_state(str(checkpoint))
+    checkpointer.last_saved_step = state.step
+    log.truncate_after(state.step)
+    accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+
+
 def _diverged_message(step: int, loss: float, context: LoopContext) -> str:
     last = context.checkpointer.last_saved_step
     kept = (
@@ -637,10 +653,7 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
     checkpointer = Checkpointer(accelerator, checkpoint_dir, training.keep_last)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        checkpointer.last_saved_step = state.step
-        log.truncate_after(state.step)
-        accelerator.print(f"resumed from {resume_from} at step {state.step}")
+        restore_checkpoint(accelerator, resume_from, state, checkpointer, log)
     else:
         _write_run_files(accelerator, config, output_dir)
     accelerator.init_trackers("pretrain", config=_flat_scalars(config.to_dict()))

@@ -1,11 +1,13 @@
-"""Interruptions and many processes: SIGKILL at random moments then resume (pretrain) or rerun
-(prepare) gives the uninterrupted result bit for bit; a save killed midway leaves the previous
-model directory loadable; 2-rank evaluate equals 1 process exactly on a ragged dataset; the
-same seed and config give bit-identical fine-tuned weights, with provenance in run.json."""
+"""Interruptions and many processes: SIGKILL at random moments then resume (pretrain,
+finetune) or rerun (prepare) gives the uninterrupted result bit for bit; a save killed midway
+leaves the previous model directory loadable; 2-rank evaluate equals 1 process exactly on a
+ragged dataset, 2-rank finetune equals 1 process with the same global batch; the same seed and
+config give bit-identical fine-tuned weights, with provenance in run.json."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -19,12 +21,17 @@ import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
 from test_inference import free_port
 from test_train import SUBPROCESS_ENV, cli, model_weights, read_log, run_values, write_fasta
 
+from biotransformer import finetune as finetune_module
 from biotransformer.checkpointing import latest_checkpoint
 from biotransformer.cli import main
+from biotransformer.data.sampler import TokenBudgetBatchSampler
+from biotransformer.finetune import FinetuneConfig, FinetuneResult, ReadOptions
 from biotransformer.heads import load_model
+from biotransformer.inference import predict_logits
 
 pytestmark = pytest.mark.slow
 
@@ -203,3 +210,206 @@ def test_two_rank_evaluate_equals_one_process_exactly_on_a_ragged_dataset(tmp_pa
     rows = (tmp_path / "2.tsv").read_text().splitlines()[1:]
     assert [row.split("\t")[0] for row in rows] == [f"s{i}" for i in range(13)]
     assert (tmp_path / "1.tsv").read_text() == (tmp_path / "2.tsv").read_text()
+
+
+def labelled_csv(path: Path, records: int, seed: int = 0) -> Path:
+    """40-base DNA, label 1 when it carries TATAAA; every sequence is 42 tokens long."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as handle:
+        handle.write("id,sequence,label\n")
+        for i in range(records):
+            bases = rng.choice(list("ACGT"), size=40)
+            if i % 2:
+                bases[10:16] = list("TATAAA")
+            handle.write(f"r{seed}_{i},{''.join(bases)},{i % 2}\n")
+    return path
+
+
+def finetune_cli(
+    train: Path, out: Path, *options: str, overrides: tuple[str, ...] = ()
+) -> list[str]:
+    """``python -m biotransformer finetune`` on a tiny model; ``overrides`` go last."""
+    command = [sys.executable, "-m", "biotransformer", "finetune", "--train", str(train)]
+    command += ["--out", str(out), "--preset", "tiny", "--bootstrap", "20", "--max-tokens", "512"]
+    return [*command, *options, "plots=false", *overrides]
+
+
+def log_rows(run: Path) -> list[dict]:
+    """log.jsonl without its timing column."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+
+
+def final_metrics(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("seconds")
+    return metrics
+
+
+@pytest.mark.timeout(150)
+def test_finetune_killed_at_random_moments_resumes_bit_identically(tmp_path, capsys):
+    train = labelled_csv(tmp_path / "train.csv", 120)
+    # log_every=1: a log row sums the steps since the previous one, so a row whose window
+    # spans the resume point would cover only the resumed steps.
+    overrides = ("training.save_every=5", "training.log_every=1", "model.dropout=0.1")
+
+    def command(out: Path, *options: str) -> list[str]:
+        return finetune_cli(train, out, "--epochs", "10", *options, overrides=overrides)
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), check=True, env=SUBPROCESS_ENV)
+    expected = load_file(straight / "model" / "model.safetensors")
+    assert not (straight / "checkpoints").exists(), "a finished run removes its checkpoints"
+    resumed = 0
+    for seed in (5, 6):
+        killed = tmp_path / f"killed{seed}"
+        kill_after(
+            command(killed),
+            random.Random(seed).uniform(0.0, 0.6),
+            ready=lambda killed=killed: latest_checkpoint(killed / "checkpoints") is not None,
+        )
+        if (killed / "metrics.json").exists():  # finished before the kill: nothing to resume
+            continue
+        assert main(command(killed)[3:]) == 2
+        assert "already holds checkpoints" in capsys.readouterr().err
+        subprocess.run(command(killed, "--resume", "latest"), check=True, env=SUBPROCESS_ENV)
+        actual = load_file(killed / "model" / "model.safetensors")
+        assert all(torch.equal(expected[name], actual[name]) for name in expected), seed
+        assert final_metrics(killed) == final_metrics(straight), seed
+        assert log_rows(killed) == log_rows(straight), seed
+        resumed += 1
+    assert resumed, "every run finished before its kill"
+
+
+FINETUNE_AND_DUMP = """
+import sys
+from safetensors.torch import save_file
+from biotransformer import finetune
+from biotransformer.cli import main
+
+def train_and_dump(accelerator, model, *args):
+    outcome = train_loop(accelerator, model, *args)
+    state = accelerator.unwrap_model(model).state_dict()
+    weights = {name: tensor.detach().clone() for name, tensor in state.items()}
+    save_file(weights, f"{sys.argv[1]}.rank{accelerator.process_index}.safetensors")
+    return outcome
+
+train_loop, finetune.train_loop = finetune.train_loop, train_and_dump
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def leaves(value: object, prefix: str = "") -> dict[str, object]:
+    """Every leaf of a JSON value, by its path."""
+    if isinstance(value, dict):
+        return {
+            k: v for key, item in value.items() for k, v in leaves(item, f"{prefix}/{key}").items()
+        }
+    if isinstance(value, list):
+        return {
+            k: v for i, item in enumerate(value) for k, v in leaves(item, f"{prefix}/{i}").items()
+        }
+    return {prefix: value}
+
+
+@pytest.mark.timeout(150)
+def test_two_rank_finetune_equals_one_process_with_the_same_global_batch(tmp_path):
+    train = labelled_csv(tmp_path / "train.csv", 120)
+    valid = labelled_csv(tmp_path / "valid.csv", 15, seed=1)  # odd: ragged ends
+    test = labelled_csv(tmp_path / "test.csv", 13, seed=2)
+    # 10 batches of 12 sequences per epoch: one process takes two micro-batches per step,
+    # two ranks one each (the sampler deals batch i to rank i % 2), the same global batch.
+    assert len(TokenBudgetBatchSampler([42] * 120, 512).global_batches()) == 10
+    script = tmp_path / "finetune_and_dump.py"
+    script.write_text(FINETUNE_AND_DUMP)
+    runs = {"single": tmp_path / "single", "double": tmp_path / "double"}
+
+    def command(name: str, *overrides: str) -> list[str]:
+        options = ["--valid", str(valid), "--test", str(test), "--id-column", "id"]
+        full = finetune_cli(train, runs[name], *options, "--epochs", "3", overrides=overrides)
+        return [str(script), str(runs[name]), *full[3:]]
+
+    subprocess.run(
+        [sys.executable, *command("single", "training.gradient_accumulation_steps=2")],
+        check=True, env=SUBPROCESS_ENV, capture_output=True,
+    )  # fmt: skip
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
+         *command("double")],
+        check=True, env=SUBPROCESS_ENV, capture_output=True,
+    )  # fmt: skip
+    rank0, rank1 = (load_file(f"{runs['double']}.rank{r}.safetensors") for r in (0, 1))
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    single = load_file(f"{runs['single']}.rank0.safetensors")
+    assert all(torch.allclose(rank0[n], single[n], rtol=1e-4, atol=1e-6) for n in rank0)
+
+    one, two = (leaves(final_metrics(runs[name])) for name in ("single", "double"))
+    assert one.keys() == two.keys()
+    for key, value in one.items():
+        if isinstance(value, float):
+            assert two[key] == pytest.approx(value, abs=1e-5), key
+        else:
+            assert two[key] == value, key
+    for split, data in (("valid", valid), ("test", test)):
+        ids = [line.split(",")[0] for line in data.read_text().splitlines()[1:]]
+        tables = [
+            [
+                line.split("\t")
+                for line in (runs[name] / f"predictions_{split}.tsv").read_text().splitlines()[1:]
+            ]
+            for name in ("single", "double")
+        ]
+        assert [row[0] for row in tables[1]] == ids, split  # none dropped or repeated
+        assert [row[:2] for row in tables[0]] == [row[:2] for row in tables[1]], split
+        probabilities = [np.array([row[2:] for row in table], dtype=float) for table in tables]
+        np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-5)
+
+
+@pytest.mark.timeout(60)
+def test_finetune_stopped_by_sigterm_resumes_with_its_model_selection(tmp_path, monkeypatch):
+    """SIGTERM (sent here at the first validation) saves a checkpoint at the next step and
+    stops; resume="latest" carries on with the best score so far and ends as a straight run."""
+    train = labelled_csv(tmp_path / "train.csv", 60)
+
+    def run(out: str, resume: str | None = None) -> FinetuneResult:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        config = FinetuneConfig(
+            train=str(train),
+            output_dir=str(tmp_path / out),
+            preset="tiny",
+            epochs=4,
+            evals_per_epoch=2,
+            max_tokens=512,
+            bootstrap=5,
+            plots=False,
+            resume=resume,
+            read=ReadOptions(id_column="id"),
+        )
+        return finetune_module.finetune(config)
+
+    straight = run("straight")
+    signalled = []
+
+    def predict_and_signal(*args: object, **kwargs: object) -> list[np.ndarray]:
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return predict_logits(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "predict_logits", predict_and_signal)
+    stopped = run("stopped")
+    monkeypatch.undo()
+    assert stopped.outcome == "interrupted" and stopped.metrics == {}
+    assert not (tmp_path / "stopped" / "metrics.json").exists()
+    first_eval = next(r["step"] for r in log_rows(tmp_path / "stopped") if "valid_loss" in r)
+    checkpoint = latest_checkpoint(tmp_path / "stopped" / "checkpoints")
+    assert json.loads((checkpoint / "checkpoint.json").read_text())["step"] == first_eval + 1
+
+    resumed = run("stopped", resume="latest")
+    assert resumed.outcome == "finished" and resumed.best_step == straight.best_step
+    expected, actual = (load_file(r.model_dir / "model.safetensors") for r in (straight, resumed))
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert final_metrics(tmp_path / "stopped") == final_metrics(tmp_path / "straight")
+    assert not (tmp_path / "stopped" / "checkpoints").exists()

@@ -98,6 +98,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: classification)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="PATH|latest",
+        help="continue a killed or stopped run from a checkpoint folder, or from the newest "
+        "one in OUT/checkpoints ('latest', the default when the flag has no value); "
+        "checkpoints are saved every training.save_every steps",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -234,6 +244,7 @@ def build_config(args: argparse.Namespace) -> object:
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,
         bootstrap=args.bootstrap,
+        resume=args.resume,
         read=ReadOptions(
             sequence_column=args.sequence_column,
             label_column=args.label_column,
@@ -259,10 +270,12 @@ def _pos_weight(value: str | None) -> float | str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fine-tune and print where the results are."""
+    """Fine-tune and print where the results are; 130 when stopped by a signal."""
     from biotransformer.finetune import finetune
 
     result = finetune(build_config(args))
+    if result.outcome == "interrupted":
+        return 130
     split = "test" if "test" in result.metrics else "valid"
     summary = ", ".join(
         f"{name} {entry['value']:.4f}" for name, entry in result.metrics[split]["metrics"].items()
