@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.finetune import column
-from biotransformer.cli.long_inputs import add_window_options, window_options
+from biotransformer.cli.common import (
+    add_column_options,
+    add_max_tokens_option,
+    add_window_options,
+    read_input_records,
+    window_options,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,21 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hidden states to use: 0 = token embeddings, 1..num_layers the blocks, negative "
         "from the end (default: -1, the last layer after the final norm)",
     )
-    parser.add_argument(
-        "--sequence-column",
-        type=column,
-        default="sequence",
-        help="CSV/TSV column of the sequences: name or 0-based position (default: sequence)",
-    )
-    parser.add_argument(
-        "--id-column",
-        type=column,
-        default=None,
-        help="CSV/TSV column of the ids (default: FILE:LINE)",
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
-    )
+    add_column_options(parser)
+    add_max_tokens_option(parser)
     add_window_options(parser, rc_average=False)
     parser.set_defaults(handler=run)
 
@@ -64,21 +56,12 @@ def run(args: argparse.Namespace) -> int:
         launched_accelerator,
         write_embeddings_h5,
     )
-    from biotransformer.io import read_sequences
 
     accelerator = launched_accelerator()
     model = load_model(args.model, require_tokenizer=True)
     if accelerator is not None:
         model.to(accelerator.device)
-    records = list(
-        read_sequences(
-            args.input,
-            sequence_column=args.sequence_column,
-            id_column=args.id_column,
-            label_column=None,
-            alphabet=model.tokenizer.alphabet,
-        )
-    )
+    records = read_input_records(args, model)
     embeddings = embed_records(
         model,
         records,

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from biotransformer.cli.common import add_max_tokens_option, add_window_options, window_options
 from biotransformer.cli.finetune import add_label_options
-from biotransformer.cli.long_inputs import add_window_options, window_options
 from biotransformer.errors import InputError
 
 
@@ -55,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.15,
         help="masked-LM: share of tokens masked for the held-out loss (default: 0.15)",
     )
-    parser.add_argument(
-        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
-    )
+    add_max_tokens_option(parser)
     add_window_options(parser)
     add_label_options(parser)
     parser.set_defaults(handler=run)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.cli.common import column
 from biotransformer.errors import ConfigError
 
 TASK_CHOICES = ("classification", "multilabel", "regression", "token-classification")
-
-
-def column(value: str) -> str | int:
-    """A column name, or a 0-based position when the value is a number."""
-    return int(value) if value.isdigit() else value
 
 
 def add_label_options(parser: argparse.ArgumentParser) -> None:

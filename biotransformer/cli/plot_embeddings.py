@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.finetune import column
+from biotransformer.cli.common import add_max_tokens_option, column
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="L",
         help="hidden states to use, concatenated (default: -1, the last layer)",
     )
-    parser.add_argument(
-        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
-    )
+    add_max_tokens_option(parser)
     parser.set_defaults(handler=run)
 
 

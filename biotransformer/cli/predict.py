@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.finetune import column
-from biotransformer.cli.long_inputs import add_window_options, window_options
+from biotransformer.cli.common import (
+    add_column_options,
+    add_max_tokens_option,
+    add_window_options,
+    read_input_records,
+    window_options,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,27 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
     parser.add_argument("--out", required=True, metavar="FILE.tsv", help="predictions TSV")
-    parser.add_argument(
-        "--sequence-column",
-        type=column,
-        default="sequence",
-        help="CSV/TSV column of the sequences: name or 0-based position (default: sequence)",
-    )
-    parser.add_argument(
-        "--id-column",
-        type=column,
-        default=None,
-        help="CSV/TSV column of the ids (default: FILE:LINE)",
-    )
+    add_column_options(parser)
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
         help="decision threshold for binary/multilabel (default: the stored one, or 0.5)",
     )
-    parser.add_argument(
-        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
-    )
+    add_max_tokens_option(parser)
     add_window_options(parser)
     parser.set_defaults(handler=run)
 
@@ -58,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
         predict_records,
         write_predictions_tsv,
     )
-    from biotransformer.io import read_sequences
 
     accelerator = launched_accelerator()
     model = load_model(args.model, require_tokenizer=True)
@@ -67,15 +58,7 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(model, args.model)
     if args.threshold is not None:
         task.threshold = args.threshold
-    records = list(
-        read_sequences(
-            args.input,
-            sequence_column=args.sequence_column,
-            id_column=args.id_column,
-            label_column=None,
-            alphabet=model.tokenizer.alphabet,
-        )
-    )
+    records = read_input_records(args, model)
     predictions = predict_records(
         model,
         records,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.finetune import column
+from biotransformer.cli.common import column
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.finetune import column
+from biotransformer.cli.common import add_column_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,18 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=64, help="mutants per forward pass (default: %(default)s)"
     )
-    parser.add_argument(
-        "--sequence-column",
-        type=column,
-        default="sequence",
-        help="CSV/TSV column of the sequences: name or 0-based position (default: sequence)",
-    )
-    parser.add_argument(
-        "--id-column",
-        type=column,
-        default=None,
-        help="CSV/TSV column of the ids (default: FILE:LINE)",
-    )
+    add_column_options(parser)
     parser.set_defaults(handler=run)
 
 

@@ -1,0 +1,86 @@
+"""Flags and input reading shared by the commands that run a model over sequence files.
+
+Input columns and batch size (embed, predict, evaluate, saliency, plot-embeddings), windows for
+long records and strand averaging (predict, evaluate, embed), and reading the ``--input`` records
+with the model's alphabet (embed, predict). Each flag keeps one name, default and help text here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def column(value: str) -> str | int:
+    """A column name, or a 0-based position when the value is a number."""
+    return int(value) if value.isdigit() else value
+
+
+def add_column_options(parser: argparse.ArgumentParser) -> None:
+    """``--sequence-column`` and ``--id-column`` of an unlabelled CSV/TSV input."""
+    parser.add_argument(
+        "--sequence-column",
+        type=column,
+        default="sequence",
+        help="CSV/TSV column of the sequences: name or 0-based position (default: sequence)",
+    )
+    parser.add_argument(
+        "--id-column",
+        type=column,
+        default=None,
+        help="CSV/TSV column of the ids (default: FILE:LINE)",
+    )
+
+
+def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-tokens``: the padded tokens of one batch."""
+    parser.add_argument(
+        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
+    )
+
+
+def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
+    """Every unlabelled record of ``--input``, checked against the model's alphabet."""
+    from biotransformer.io import read_sequences
+
+    return list(
+        read_sequences(
+            args.input,
+            sequence_column=args.sequence_column,
+            id_column=args.id_column,
+            label_column=None,
+            alphabet=model.tokenizer.alphabet,
+        )
+    )
+
+
+def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = True) -> None:
+    """``--window-overlap``, ``--window-aggregate`` and (with ``rc_average``) ``--rc-average``."""
+    parser.add_argument(
+        "--window-overlap",
+        type=int,
+        default=None,
+        metavar="LETTERS",
+        help="records longer than the model's max_length are cut into windows overlapping by "
+        "this many letters (default: a quarter of the window)",
+    )
+    parser.add_argument(
+        "--window-aggregate",
+        choices=("mean", "max"),
+        default="mean",
+        help="how the windows' sequence outputs are combined (default: mean); token outputs "
+        "are stitched per base",
+    )
+    if rc_average:
+        parser.add_argument(
+            "--rc-average",
+            action="store_true",
+            help="DNA: average the sequence-level scores of both strands (reverse complement)",
+        )
+
+
+def window_options(args: argparse.Namespace) -> Any:
+    """The ``WindowOptions`` the flags ask for."""
+    from biotransformer.windows import WindowOptions
+
+    return WindowOptions(overlap=args.window_overlap, aggregate=args.window_aggregate)
