@@ -9,21 +9,27 @@ import sys
 import pytest
 
 
-def test_tokenize_benchmark_smoke(repo_root, tmp_path):
-    out = tmp_path / "tokenization.json"
+def run_smoke(repo_root, tmp_path, name, *extra, timeout=120, as_module=False):
+    """Run ``benchmarks/NAME.py --smoke --out TMP/NAME.json [extra]`` and return that JSON."""
+    out = tmp_path / f"{name}.json"
+    if as_module:  # imports its siblings as benchmarks.*, so it runs from the repository root
+        command = ["-m", f"benchmarks.{name}"]
+        cwd = repo_root
+    else:
+        command = [str(repo_root / "benchmarks" / f"{name}.py")]
+        cwd = None
     subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "benchmarks" / "tokenization.py"),
-            "--smoke",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, *command, "--smoke", "--out", str(out), *extra],
+        cwd=cwd,
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=timeout,
     )
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_tokenize_benchmark_smoke(repo_root, tmp_path):
+    result = run_smoke(repo_root, tmp_path, "tokenization")
     assert {"date", "machine", "versions", "figures", "ratios", "targets"} <= set(result)
     assert set(result["figures"]) == {"protein_101", "protein_2k", "kmer6_101", "kmer6_2k"}
     assert result["figures"]["kmer6_101"]["biotransformer_per_s"] > 0
@@ -36,22 +42,7 @@ def test_tokenize_benchmark_smoke(repo_root, tmp_path):
 
 
 def test_prepare_benchmark_smoke(repo_root, tmp_path):
-    out = tmp_path / "prepare.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "benchmarks" / "prepare.py"),
-            "--smoke",
-            "--out",
-            str(out),
-            "--tmp",
-            str(tmp_path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    result = json.loads(out.read_text())
+    result = run_smoke(repo_root, tmp_path, "prepare", "--tmp", str(tmp_path))
     assert {"date", "machine", "versions", "figures", "targets", "all_targets_met"} <= set(result)
     assert set(result["figures"]) == {"many_1mbp_records", "one_250mbp_record"}
     for figure in result["figures"].values():
@@ -60,35 +51,14 @@ def test_prepare_benchmark_smoke(repo_root, tmp_path):
 
 
 def test_padding_benchmark_smoke(repo_root, tmp_path):
-    out = tmp_path / "padding.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "benchmarks" / "padding.py"),
-            "--smoke",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    result = json.loads(out.read_text())
+    result = run_smoke(repo_root, tmp_path, "padding")
     assert {"date", "machine", "versions", "figures", "targets", "all_targets_met"} <= set(result)
     figures = result["figures"]
     assert figures["token_budget_real_share"] > figures["random_batches_real_share"] > 0
 
 
 def test_train_throughput_benchmark_smoke(repo_root, tmp_path):
-    out = tmp_path / "train_throughput.json"
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.train_throughput", "--smoke", "--out", str(out)],
-        cwd=repo_root,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    result = json.loads(out.read_text())
+    result = run_smoke(repo_root, tmp_path, "train_throughput", as_module=True)
     assert {"synthetic", "protein", "bf16", "flops_formula", "machine", "targets"} <= set(result)
     table = result["synthetic"]["median"]
     assert {"ours", "hf_esm", "fair_esm"} <= set(table)
@@ -99,22 +69,7 @@ def test_train_throughput_benchmark_smoke(repo_root, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_gue_benchmark_smoke(repo_root, shared_data, tmp_path):
-    out = tmp_path / "gue.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "benchmarks" / "gue.py"),
-            "--smoke",
-            "--data",
-            str(shared_data),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=170,
-    )
-    result = json.loads(out.read_text())
+    result = run_smoke(repo_root, tmp_path, "gue", "--data", str(shared_data), timeout=170)
     assert {"date", "machine", "versions", "settings", "tasks", "peptides", "wall_time_s"} <= set(
         result
     )
@@ -127,20 +82,7 @@ def test_gue_benchmark_smoke(repo_root, shared_data, tmp_path):
 
 
 def test_variants_benchmark_smoke(repo_root, tmp_path):
-    out = tmp_path / "variants.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "benchmarks" / "variants.py"),
-            "--smoke",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    result = json.loads(out.read_text())
+    result = run_smoke(repo_root, tmp_path, "variants")
     assert {"date", "machine", "versions", "figures", "ratio", "target_met"} <= set(result)
     figures = result["figures"]
     assert figures["biotransformer_variants_per_s"] > 0 and figures["fair_esm_variants_per_s"] > 0
