@@ -169,20 +169,26 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _matches_annotation(value: Any, annotation: str) -> bool:
+    """Whether a value fits a scalar annotation string (``int``, ``float | None``, ``str``...).
+
+    ``bool`` is not an ``int`` here, and an ``int`` is a ``float``.
+    """
+    allowed = [part.strip() for part in annotation.split("|")]
+    if value is None and "None" in allowed:
+        return True
+    if "bool" in allowed:
+        return isinstance(value, bool)
+    if "int" in allowed:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if "float" in allowed:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
 def _check_type(name: str, value: Any, annotation: str) -> None:
     """Check a value against the dataclass annotation string (``int``, ``float | None``...)."""
-    allowed = [part.strip() for part in str(annotation).split("|")]
-    if value is None and "None" in allowed:
-        return
-    if "bool" in allowed:
-        ok = isinstance(value, bool)
-    elif "int" in allowed:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif "float" in allowed:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
+    if not _matches_annotation(value, str(annotation)):
         raise ConfigError(
             f"ModelConfig.{name} = {value!r} has type {type(value).__name__}, expected {annotation}"
         )
@@ -487,18 +493,7 @@ def _check_run_type(name: str, value: Any, annotation: str) -> None:
         for item in value:
             _check_run_type(name, item, item_type)
         return
-    allowed = [part.strip() for part in annotation.split("|")]
-    if value is None and "None" in allowed:
-        return
-    if "bool" in allowed:
-        ok = isinstance(value, bool)
-    elif "int" in allowed:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif "float" in allowed:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
+    if not _matches_annotation(value, annotation):
         raise ConfigError(
             f"{name} = {value!r} has type {type(value).__name__}, expected {annotation}"
         )
