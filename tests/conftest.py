@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import reset_accelerate_state
 from hypothesis import settings
 
 # Under CI, property tests draw the same examples every run: a red CI is then a reproducible
@@ -42,3 +43,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; a module whose tests build their own
+    Accelerator (finetune, pretrain, train_loop) uses this so no state leaks between tests."""
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()

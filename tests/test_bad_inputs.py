@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from biotransformer.cli import main
 from biotransformer.config import ModelConfig
@@ -24,6 +23,8 @@ from biotransformer.heads import SequenceClassifier
 from biotransformer.inference import TaskInfo
 from biotransformer.io import read_sequences
 from biotransformer.tokenizers import Tokenizer
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "docs" / "command-bad-inputs.md"
@@ -109,16 +110,6 @@ def documented() -> dict[str, dict[str, tuple[str, str | None]]]:
             entries[command] = (match[1], match[2])
         table[case] = entries
     return table
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """finetune builds an Accelerator; its process-wide state must not leak between cases."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState
+from helpers import reset_accelerate_state
 from safetensors.torch import load_file
 from test_inference import free_port
 from test_train import SUBPROCESS_ENV, cli, model_weights, read_log, run_values, write_fasta
@@ -33,16 +33,7 @@ from biotransformer.finetune import FinetuneConfig, FinetuneResult, ReadOptions
 from biotransformer.heads import load_model
 from biotransformer.inference import predict_logits
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
 def kill_after(command: list[str], delay: float, ready: callable = lambda: True) -> None:
@@ -178,8 +169,7 @@ def test_two_rank_evaluate_equals_one_process_exactly_on_a_ragged_dataset(tmp_pa
     finetune = ["finetune", "--train", str(train), "--label-from", "key:label", "--preset", "tiny"]
     options = ["--epochs", "2", "--bootstrap", "20", "--max-tokens", "512", "plots=false"]
     assert main([*finetune, "--out", str(tmp_path / "a"), *options]) == 0
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     assert main([*finetune, "--out", str(tmp_path / "b"), *options]) == 0
     first, second = (tmp_path / run / "model" / "model.safetensors" for run in ("a", "b"))
     assert first.read_bytes() == second.read_bytes(), "the same seed and config must repeat"
@@ -373,8 +363,7 @@ def test_finetune_stopped_by_sigterm_resumes_with_its_model_selection(tmp_path, 
     train = labelled_csv(tmp_path / "train.csv", 60)
 
     def run(out: str, resume: str | None = None) -> FinetuneResult:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate_state()
         config = FinetuneConfig(
             train=str(train),
             output_dir=str(tmp_path / out),

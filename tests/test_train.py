@@ -18,7 +18,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard
-from accelerate.state import AcceleratorState, GradientState
+from helpers import reset_accelerate_state
 from safetensors.torch import load_file
 
 from biotransformer.checkpointing import Checkpointer, complete_checkpoints, latest_checkpoint
@@ -43,21 +43,13 @@ from biotransformer.train import (
     train_loop,
 )
 
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 REPO = Path(__file__).resolve().parents[1]
 GENOME = "genomes/GCF_001457455.1_NCTC11397_genomic.fna.gz"
 # One thread per process: the test machines are small and shared, and an oversubscribed
 # OpenMP pool is many times slower than a single thread.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each test builds its own Accelerator."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def write_fasta(path: Path, records: int, length: int, seed: int = 0) -> Path:
@@ -352,8 +344,7 @@ def test_sigterm_saves_at_the_step_boundary_and_the_run_resumes(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000003"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     again = loop_parts(tmp_path, PoisonAt(tiny_model(), at=10**9))
     again[0].load_state(str(latest_checkpoint(tmp_path / "checkpoints")))
     assert again[5].step == 3
@@ -387,12 +378,10 @@ def test_pretrain_writes_run_files_checkpoints_and_model(tmp_path):
     model = load_model(run / "model")
     assert isinstance(model, MaskedLM) and model.tokenizer.vocab_size == model.config.vocab_size
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     with pytest.raises(ConfigError, match="--resume latest"):
         pretrain(config)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     again = pretrain(config, resume="latest")  # already at max_steps: nothing to do
     assert again.step == 6 and again.outcome == "finished"
     assert len(read_log(run)[0]) == 6
@@ -403,8 +392,7 @@ def test_resume_needs_a_complete_checkpoint(tmp_path):
     config = run_config_from_dict(run_values(tmp_path, fasta))
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         pretrain(config, resume="latest")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         pretrain(config, resume=tmp_path)
 
