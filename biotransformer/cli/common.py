@@ -39,6 +39,28 @@ def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on its device."""
+    from biotransformer.heads import load_model
+    from biotransformer.inference import launched_accelerator
+
+    accelerator = launched_accelerator()
+    model = load_model(args.model, require_tokenizer=True)
+    if accelerator is not None:
+        model.to(accelerator.device)
+    return accelerator, model
+
+
+def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
+    """The model's stored task, with ``--threshold`` (when given) as its decision threshold."""
+    from biotransformer.inference import load_task
+
+    task = load_task(model, args.model)
+    if args.threshold is not None:
+        task.threshold = args.threshold
+    return task
+
+
 def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
     """Every unlabelled record of ``--input``, checked against the model's alphabet."""
     from biotransformer.io import read_sequences

@@ -8,6 +8,7 @@ from biotransformer.cli.common import (
     add_column_options,
     add_max_tokens_option,
     add_window_options,
+    load_launched_model,
     read_input_records,
     window_options,
 )
@@ -49,18 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed and write the HDF5 file."""
-    from biotransformer.heads import load_model
-    from biotransformer.inference import (
-        embed_records,
-        is_main,
-        launched_accelerator,
-        write_embeddings_h5,
-    )
+    from biotransformer.inference import embed_records, is_main, write_embeddings_h5
 
-    accelerator = launched_accelerator()
-    model = load_model(args.model, require_tokenizer=True)
-    if accelerator is not None:
-        model.to(accelerator.device)
+    accelerator, model = load_launched_model(args)
     records = read_input_records(args, model)
     embeddings = embed_records(
         model,

@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from biotransformer.cli.common import add_max_tokens_option, add_window_options, window_options
+from biotransformer.cli.common import (
+    add_max_tokens_option,
+    add_window_options,
+    load_launched_model,
+    load_task_with_threshold,
+    window_options,
+)
 from biotransformer.cli.finetune import add_label_options
 from biotransformer.errors import InputError
 
@@ -64,23 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write or print the metrics."""
     from biotransformer.finetune import ReadOptions, read_labelled
-    from biotransformer.heads import load_model
-    from biotransformer.inference import (
-        evaluate_records,
-        is_main,
-        launched_accelerator,
-        load_task,
-        write_predictions_tsv,
-    )
+    from biotransformer.inference import evaluate_records, is_main, write_predictions_tsv
     from biotransformer.report import write_report
 
-    accelerator = launched_accelerator()
-    model = load_model(args.model, require_tokenizer=True)
-    if accelerator is not None:
-        model.to(accelerator.device)
-    task = load_task(model, args.model)
-    if args.threshold is not None:
-        task.threshold = args.threshold
+    accelerator, model = load_launched_model(args)
+    task = load_task_with_threshold(args, model)
     read = ReadOptions(
         sequence_column=args.sequence_column,
         label_column=args.label_column,

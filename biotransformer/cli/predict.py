@@ -8,6 +8,8 @@ from biotransformer.cli.common import (
     add_column_options,
     add_max_tokens_option,
     add_window_options,
+    load_launched_model,
+    load_task_with_threshold,
     read_input_records,
     window_options,
 )
@@ -42,22 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict and write the TSV."""
-    from biotransformer.heads import load_model
-    from biotransformer.inference import (
-        is_main,
-        launched_accelerator,
-        load_task,
-        predict_records,
-        write_predictions_tsv,
-    )
+    from biotransformer.inference import is_main, predict_records, write_predictions_tsv
 
-    accelerator = launched_accelerator()
-    model = load_model(args.model, require_tokenizer=True)
-    if accelerator is not None:
-        model.to(accelerator.device)
-    task = load_task(model, args.model)
-    if args.threshold is not None:
-        task.threshold = args.threshold
+    accelerator, model = load_launched_model(args)
+    task = load_task_with_threshold(args, model)
     records = read_input_records(args, model)
     predictions = predict_records(
         model,
