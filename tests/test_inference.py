@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import run_torchrun
 from sklearn import metrics as skm
 
 from biotransformer.heads import MaskedLM, SequenceClassifier, SequenceRegressor, load_model
@@ -180,24 +181,11 @@ if accelerator.is_main_process:
 """
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (fixed ports collide with concurrent test runs)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_rank_evaluation_equals_one_process(records, tmp_path):
     import json
     import os
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
 
     model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
     model.save_pretrained(tmp_path / "model")
@@ -206,15 +194,9 @@ def test_two_rank_evaluation_equals_one_process(records, tmp_path):
     fasta = "".join(f">{r.id} y={r.label}\n{r.sequence}\n" for r in [*records, extra])
     (tmp_path / "data.fa").write_text(fasta)
     (tmp_path / "run.py").write_text(TWO_RANK_SCRIPT)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun) if torchrun.exists() else shutil.which("torchrun")]
-    subprocess.run(
-        [*command, "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(tmp_path / "run.py"), str(tmp_path / "model"), str(tmp_path / "data.fa"),
+    run_torchrun(
+        [str(tmp_path / "run.py"), str(tmp_path / "model"), str(tmp_path / "data.fa"),
          str(tmp_path / "two.json")],
-        check=True,
-        capture_output=True,
-        timeout=170,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     two = json.loads((tmp_path / "two.json").read_text())

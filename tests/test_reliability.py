@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import reset_accelerate_state
+from helpers import reset_accelerate_state, run_torchrun
 from safetensors.torch import load_file
-from test_inference import free_port
 from test_train import SUBPROCESS_ENV, cli, model_weights, read_log, run_values, write_fasta
 
 from biotransformer import finetune as finetune_module
@@ -189,12 +188,10 @@ def test_two_rank_evaluate_equals_one_process_exactly_on_a_ragged_dataset(tmp_pa
         )
         == 0
     )
-    torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "biotransformer",
+    run_torchrun(
+        ["-m", "biotransformer",
          *evaluate, "--metrics-out", str(double), "--predictions-out", str(tmp_path / "2.tsv")],
-        check=True, env=SUBPROCESS_ENV, capture_output=True,
+        env=SUBPROCESS_ENV,
     )  # fmt: skip
     assert json.loads(single.read_text()) == json.loads(double.read_text())
     rows = (tmp_path / "2.tsv").read_text().splitlines()[1:]
@@ -323,12 +320,7 @@ def test_two_rank_finetune_equals_one_process_with_the_same_global_batch(tmp_pat
         [sys.executable, *command("single", "training.gradient_accumulation_steps=2")],
         check=True, env=SUBPROCESS_ENV, capture_output=True,
     )  # fmt: skip
-    torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
-         *command("double")],
-        check=True, env=SUBPROCESS_ENV, capture_output=True,
-    )  # fmt: skip
+    run_torchrun(command("double"), env=SUBPROCESS_ENV)
     rank0, rank1 = (load_file(f"{runs['double']}.rank{r}.safetensors") for r in (0, 1))
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     single = load_file(f"{runs['single']}.rank0.safetensors")

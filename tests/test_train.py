@@ -18,7 +18,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard
-from helpers import reset_accelerate_state
+from helpers import reset_accelerate_state, run_torchrun
 from safetensors.torch import load_file
 
 from biotransformer.checkpointing import Checkpointer, complete_checkpoints, latest_checkpoint
@@ -501,22 +501,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert TokenBudgetBatchSampler(lengths, 512, seed=0, num_replicas=2).global_batches() == batches
     assert len(batches) >= 2 * 8, "the run must stay within one epoch"
 
-    torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            str(script),
-            str(config),
-            f"training.output_dir={double}",
-        ],
-        check=True,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-    )
+    run_torchrun([str(script), str(config), f"training.output_dir={double}"], env=SUBPROCESS_ENV)
     rank0, rank1 = (load_file(double / f"rank{r}.safetensors") for r in (0, 1))
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     single_weights = load_file(single / "rank0.safetensors")
