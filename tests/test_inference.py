@@ -178,6 +178,8 @@ if accelerator.is_main_process:
          "processes": accelerator.num_processes},
         open(out, "w"),
     )
+accelerator.wait_for_everyone()
+accelerator.end_training()  # leaves the gloo group: exiting while holding it can abort
 """
 
 
