@@ -64,6 +64,13 @@ def test_train_throughput_benchmark_smoke(repo_root, tmp_path):
     assert {"ours", "hf_esm", "fair_esm"} <= set(table)
     assert all(row["train_tokens_per_s"] > 0 and row["mfu"] > 0 for row in table.values())
     assert result["synthetic"]["ratios"]["ours_train_vs_fair_esm"] > 0
+    breakdown = result["time_breakdown"]
+    for model in ("ours", "hf_esm", "fair_esm"):
+        for shares in breakdown["shares"][model].values():
+            assert set(shares) == {"gemm", "attention", "other"}
+            assert sum(shares.values()) == pytest.approx(1.0)
+    ceiling = breakdown["ceilings"]["ours_train_vs_hf_esm"]
+    assert ceiling >= result["synthetic"]["ratios"]["ours_train_vs_hf_esm"]
 
 
 @pytest.mark.slow

@@ -198,3 +198,34 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         model(ids).last_hidden_state.square().sum().backward()
         grads.append(model.layers[0].attn.qkv.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_torch_compile_gives_the_eager_loss_and_gradients() -> None:
+    """The masked-LM model through ``torch.compile`` (as the throughput benchmark runs it):
+    the same loss and gradients as eager, with and without padding."""
+    from biotransformer.heads import MaskedLM
+
+    config = tiny(position="rotary", mask_id=VOCAB - 1, dropout=0.0)
+    torch.manual_seed(0)
+    eager = MaskedLM(config, target_logits_only=True)
+    compiled_model = MaskedLM(config, target_logits_only=True)
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model)
+    ids = torch.randint(1, VOCAB - 1, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::4] = ids[:, ::4]
+    masked = ids.masked_fill(labels != -100, VOCAB - 1)
+    padding = torch.ones_like(ids)
+    padding[1, 9:] = 0
+    for attention_mask in (None, padding):
+        losses, grads = [], []
+        for model, network in ((eager, eager), (compiled, compiled_model)):
+            network.zero_grad()
+            loss = model(masked, attention_mask, labels=labels).loss
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append(network.encoder.layers[0].attn.qkv.weight.grad.clone())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
