@@ -304,6 +304,9 @@ class TrainingConfig:
     ``max_steps`` counts optimizer steps; one step takes ``gradient_accumulation_steps``
     micro-batches on every process. ``save_every``, ``eval_every`` and ``log_every`` are in
     optimizer steps (0 turns eval or saving off; the last step is always evaluated and saved).
+    ``compile`` runs the model through ``torch.compile`` (Accelerate's inductor backend): the
+    same results, a few percent faster on CPU (``benchmarks/train_throughput.py``), after the
+    first steps spend seconds to a minute compiling.
     """
 
     output_dir: str = "runs/pretrain"
@@ -318,6 +321,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
+    compile: bool = False
     save_every: int = 500
     keep_last: int = 2
     eval_every: int = 200

@@ -82,6 +82,7 @@ from biotransformer.train import (
     TrainerState,
     build_optimizer,
     build_scheduler,
+    compile_if_asked,
     count_targets,
     make_accelerator,
     provenance,
@@ -660,6 +661,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     training.eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)
     training.log_every = min(training.log_every, max(training.eval_every, 1))
 
+    compile_if_asked(model, training)
     optimizer = build_optimizer(model, training)
     scheduler = build_scheduler(optimizer, training)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -683,7 +685,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     valid_truth = _targets(config.task, datasets["valid"])
 
     def evaluate() -> dict[str, float]:
-        network = accelerator.unwrap_model(model)
+        network = accelerator.unwrap_model(model, keep_torch_compile=False)
         logits = predict_logits(
             network, datasets["valid"], max_tokens=config.max_tokens, accelerator=accelerator
         )
@@ -747,7 +749,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             return FinetuneResult(output_dir, model_dir, {}, best.step, elapsed, outcome)
         if accelerator.is_main_process and config.lora is not None:
             # the selected adapters, merged: an ordinary model
-            network = load_adapter_weights(accelerator.unwrap_model(model), adapter_dir)
+            network = load_adapter_weights(
+                accelerator.unwrap_model(model, keep_torch_compile=False), adapter_dir
+            )
             save_model_directory(merge_lora(network), model_dir, task.to_dict())
         accelerator.wait_for_everyone()
 

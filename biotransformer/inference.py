@@ -232,7 +232,9 @@ def map_batches(
     )
     collate = collate_fn or PaddingCollator(pad_id=_pad_id(model))
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-    network = model if accelerator is None else accelerator.unwrap_model(model)
+    network = (
+        model if accelerator is None else accelerator.unwrap_model(model, keep_torch_compile=False)
+    )
     was_training = network.training
     network.eval()
     device = _device_of(network)

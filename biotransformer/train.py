@@ -230,6 +230,15 @@ def make_accelerator(
     )
 
 
+def compile_if_asked(model: nn.Module, training: TrainingConfig) -> None:
+    """``training.compile``: compile the model's forward in place (``nn.Module.compile``), so
+    its parameter names, checkpoints and model directory stay those of the eager model and a
+    run can resume with or without compiling. (A model compiled by Accelerate instead, with
+    ``accelerate launch --dynamo_backend``, is unwrapped before saving.)"""
+    if training.compile:
+        model.compile()
+
+
 def build_optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only: none on norms, biases, embeddings."""
     exempt = {
@@ -516,7 +525,7 @@ def evaluate_masked_lm(
     """Held-out masked-LM loss (summed token losses / targets over all processes) and its
     perplexity. Runs the unwrapped model, so ranks with different batch counts never wait on
     a DDP collective."""
-    network = accelerator.unwrap_model(model)
+    network = accelerator.unwrap_model(model, keep_torch_compile=False)
     was_training = network.training
     network.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
@@ -620,6 +629,7 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
         device=str(accelerator.device),
         budget_option="data.max_tokens",
     )
+    compile_if_asked(model, training)
     optimizer = build_optimizer(model, training)
     scheduler = build_scheduler(optimizer, training)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -675,7 +685,8 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
         if outcome == "finished":
             model_dir = output_dir / "model"
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(model_dir, tokenizer=tokenizer)
+                network = accelerator.unwrap_model(model, keep_torch_compile=False)
+                network.save_pretrained(model_dir, tokenizer=tokenizer)
                 from biotransformer.report import write_pretrain_report  # matplotlib: lazily
 
                 write_pretrain_report(output_dir)
@@ -688,7 +699,7 @@ def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None)
         outcome=outcome,
         model_dir=model_dir,
         last_checkpoint=latest_checkpoint(checkpoint_dir),
-        model=accelerator.unwrap_model(model),
+        model=accelerator.unwrap_model(model, keep_torch_compile=False),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -395,6 +396,40 @@ def test_resume_needs_a_complete_checkpoint(tmp_path):
     reset_accelerate_state()
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         pretrain(config, resume=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_compiled_training_matches_eager_and_resumes_an_eager_checkpoint(tmp_path):
+    fasta = write_fasta(tmp_path / "toy.fa", records=4, length=2000)
+    steps = {"max_steps": 4, "save_every": 2, "eval_every": 2}
+
+    def run(name: str, *, compile: bool, resume: str | None = None) -> Path:
+        reset_accelerate_state()
+        values = run_values(tmp_path / name, fasta, compile=compile, **steps)
+        pretrain(run_config_from_dict(values), resume=resume)
+        return tmp_path / name / "run"
+
+    torch._dynamo.utils.counters.clear()
+    eager = run("eager", compile=False)
+    assert not torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = run("compiled", compile=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    for rows in (0, 1):  # training, then validation rows
+        key = ("loss", "valid_loss")[rows]
+        assert [r[key] for r in read_log(compiled)[rows]] == pytest.approx(
+            [r[key] for r in read_log(eager)[rows]], rel=1e-4
+        )
+    expected = model_weights(eager)
+    assert model_weights(compiled).keys() == expected.keys()  # no "_orig_mod." prefixes
+
+    resumed = tmp_path / "resumed" / "run"
+    shutil.copytree(eager, resumed)
+    shutil.rmtree(resumed / "model")
+    shutil.rmtree(latest_checkpoint(resumed / "checkpoints"))  # back to step 2
+    run("resumed", compile=True, resume="latest")
+    for weights in (model_weights(compiled), model_weights(resumed)):
+        assert all(torch.allclose(weights[k], expected[k], atol=1e-5) for k in expected)
 
 
 # ---------------------------------------------------------------------------------------------
