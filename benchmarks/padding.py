@@ -14,14 +14,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 
-import biotransformer
 from biotransformer.atomic import atomic_write
 from biotransformer.data.sampler import TokenBudgetBatchSampler
+from biotransformer.environment import machine, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BIOTRANSFORMER_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -85,16 +84,8 @@ def main() -> None:
         "benchmark": "padding",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "biotransformer": biotransformer.__version__,
-            "numpy": np.__version__,
-        },
+        "machine": machine(),
+        "versions": versions("numpy"),
         "settings": {
             "source": source,
             "tokenizer": "protein",

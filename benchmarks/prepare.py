@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-import biotransformer
 from biotransformer.atomic import atomic_write
+from biotransformer.environment import machine, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "prepare.json"
@@ -124,17 +121,8 @@ def main() -> None:
         "benchmark": "prepare",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "biotransformer": biotransformer.__version__,
-            "numpy": np.__version__,
-            "h5py": h5py.__version__,
-        },
+        "machine": machine(),
+        "versions": versions("numpy", "h5py"),
         "settings": {
             "tokenizer": SPEC,
             "window_tokens": 1024,

@@ -28,7 +28,6 @@ import gzip
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-import biotransformer
 from biotransformer.atomic import atomic_write
+from biotransformer.environment import machine, versions
 from biotransformer.tokenizers import ESM2_TOKENS, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,20 +175,6 @@ def compare(
 # ----------------------------------------------------------------------------- main
 
 
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "biotransformer": biotransformer.__version__,
-        "numpy": np.__version__,
-    }
-    for name in ("tokenizers", "transformers"):
-        try:
-            found[name] = __import__(name).__version__
-        except ImportError:
-            found[name] = None
-    return found
-
-
 def run_benchmark(smoke: bool) -> dict[str, object]:
     count = {"101": 64, "2k": 4} if smoke else {"101": 4096, "2k": 200}
     rounds, min_seconds, warm_up = (2, 0.0, 0.0) if smoke else (7, 0.05, 0.5)
@@ -260,12 +245,8 @@ def run_benchmark(smoke: bool) -> dict[str, object]:
         "benchmark": "tokenize",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": smoke,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": versions(),
+        "machine": machine(),
+        "versions": versions("numpy", "tokenizers", "transformers"),
         "settings": {
             "rounds": rounds,
             "statistic": "median of interleaved rounds",

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import biotransformer
 from biotransformer.atomic import atomic_write
 from biotransformer.config import PRESETS
+from biotransformer.environment import machine, versions
 from biotransformer.interop import from_fair_esm
 from biotransformer.variants import MaskedLMScorer, Substitution, Variant
 
@@ -144,17 +142,8 @@ def main() -> None:
         "benchmark": "variants",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "biotransformer": biotransformer.__version__,
-            "torch": torch.__version__,
-            "fair_esm": getattr(esm, "__version__", "unknown"),
-        },
+        "machine": machine(),
+        "versions": versions("torch", "fair-esm"),
         "settings": {
             "model": "protein-t12-35M" if not args.smoke else "2 layers, width 64",
             "layers": layers,

@@ -54,6 +54,7 @@ from biotransformer.config import DataConfig, RunConfig, TrainingConfig
 from biotransformer.data.collator import MaskingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.data.shards import ShardDataset, prepare_corpus
+from biotransformer.environment import versions
 from biotransformer.errors import BioTransformerError, ConfigError
 from biotransformer.heads import MaskedLM
 from biotransformer.memory import preflight
@@ -543,10 +544,6 @@ def evaluate_masked_lm(
 
 def provenance(seed: int) -> dict[str, Any]:
     """Versions, git commit and command line of this run, for ``run.json``."""
-    import accelerate
-
-    from biotransformer import __version__
-
     commit = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         result = subprocess.run(
@@ -559,10 +556,7 @@ def provenance(seed: int) -> dict[str, Any]:
         commit = result.stdout.strip() or None
     return {
         "seed": seed,
-        "biotransformer": __version__,
-        "torch": torch.__version__,
-        "accelerate": accelerate.__version__,
-        "python": sys.version.split()[0],
+        **versions("torch", "accelerate"),
         "git_commit": commit,
         "command": sys.argv,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
