@@ -45,7 +45,7 @@ from biotransformer.config import ModelConfig, TrainingConfig, _suggest
 from biotransformer.data.collator import PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.heads import MODEL_CLASSES, load_model
+from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, load_model
 from biotransformer.inference import (
     TASK_FILE,
     RecordDataset,
@@ -135,6 +135,9 @@ class FinetuneConfig:
     the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept
     (default: MCC, R^2 for regression, AUROC with ``tune_threshold``, whose threshold is tuned
     after selection).
+    ``classifier`` (classification, multilabel): ``linear`` or ``esm`` (HF's
+    dense-tanh-linear head; with ``pooling='cls'`` the model exports to HuggingFace); None
+    keeps a warm-started classifier's own head and gives a new one ``linear``.
     ``rc_augment`` (DNA only) serves each training sample reverse-complemented with that
     probability, drawn from (seed, epoch, index) (see ``strands``).
     ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
@@ -162,6 +165,7 @@ class FinetuneConfig:
     max_tokens: int = 8192
     max_length: int | None = None
     pooling: str = "mean"
+    classifier: str | None = None
     freeze_encoder: bool = False
     lora: str | None = None
     class_weights: str | None = None
@@ -191,6 +195,13 @@ class FinetuneConfig:
             raise ConfigError(f"class_weights {self.class_weights!r}: only 'balanced' is known")
         if isinstance(self.pos_weight, str) and self.pos_weight != "balanced":
             raise ConfigError(f"pos_weight {self.pos_weight!r}: give a number or 'balanced'")
+        if self.classifier is not None:
+            if self.classifier not in CLASSIFIERS:
+                raise ConfigError(
+                    f"classifier {self.classifier!r} is not one of {list(CLASSIFIERS)}"
+                )
+            if self.task not in ("classification", "multilabel"):
+                raise ConfigError("classifier applies to classification and multilabel")
         if self.pos_weight is not None and self.task not in ("classification", "multilabel"):
             raise ConfigError("pos_weight applies to binary classification and multilabel")
         if self.tune_threshold and self.task not in ("classification", "multilabel"):
@@ -466,6 +477,8 @@ def build_model(
     else:
         head["label2id"] = {label: i for i, label in enumerate(labels)}
         head["class_weights"] = weights
+        if config.classifier is not None:
+            head["classifier"] = config.classifier
         if config.task == "multilabel":
             head["problem_type"] = "multi_label"
     if config.model_dir is not None:

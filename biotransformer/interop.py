@@ -364,7 +364,7 @@ def hf_blocker(model: BioTransformerModel) -> str | None:
         if head.classifier != "esm" or head.pooling != "cls":
             return (
                 f"classifier = {head.classifier!r} with pooling = {head.pooling!r} (ESM's head is "
-                "classifier='esm' on pooling='cls')"
+                "classifier='esm' on pooling='cls': fine-tune with --classifier esm --pooling cls)"
             )
     return None
 

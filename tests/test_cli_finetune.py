@@ -182,6 +182,29 @@ def test_fasta_with_labels_in_headers_regression(tmp_path):
     assert (out / "predicted_vs_true.png").is_file()
 
 
+@pytest.mark.timeout(120)
+def test_esm_classifier_exports_to_huggingface_with_the_same_predictions(gue_run, tmp_path):
+    import torch
+    import transformers
+
+    from biotransformer.heads import load_model
+
+    files, _ = gue_run
+    out = tmp_path / "run"
+    assert main(["finetune", "--train", str(files["train"]), "--tokenizer", "dna",
+                 "--preset", "tiny", "--classifier", "esm", "--pooling", "cls",
+                 "--out", str(out), "--bootstrap", "20", "max_steps=4"]) == 0  # fmt: skip
+    assert main(["convert", "--from", "biotransformer", "--to", "hf", str(out / "model"),
+                 "--out", str(tmp_path / "hf")]) == 0  # fmt: skip
+    ours = load_model(out / "model").eval()
+    theirs = transformers.EsmForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.as_tensor(ours.tokenizer.encode("ACGTTGCAAGGCTTAACG")).long()[None]
+    with torch.no_grad():
+        expected = ours(ids).logits
+        actual = theirs(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_label_column_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "train.csv").write_text("sequence,y\nACGTACGT,1\nACGTTTTT,0\n")
     status = main(["finetune", "--train", str(tmp_path / "train.csv"), "--preset", "tiny",

@@ -59,6 +59,10 @@ def test_config_validation(tmp_path):
         config(tmp_path, model_dir="m", preset="tiny").validate()
     with pytest.raises(ConfigError, match="tune_threshold"):
         config(tmp_path, task="regression", tune_threshold=True).validate()
+    with pytest.raises(ConfigError, match="classifier applies to classification"):
+        config(tmp_path, task="regression", classifier="esm").validate()
+    with pytest.raises(ConfigError, match="'dense' is not one of"):
+        config(tmp_path, classifier="dense").validate()
 
 
 def test_label_vocabulary_sorts_numbers_numerically():

@@ -129,6 +129,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how a sequence head pools token states (default: mean)",
     )
     model.add_argument(
+        "--classifier",
+        choices=("linear", "esm"),
+        help="classification head: linear (dropout, linear; the default for a new head) or esm "
+        "(dense, tanh, linear, as HF's EsmForSequenceClassification; with --pooling cls the "
+        "model exports to HuggingFace with 'convert --to hf')",
+    )
+    model.add_argument(
         "--freeze-encoder",
         action="store_true",
         help="train the head only (a linear probe on the encoder's features)",
@@ -228,6 +235,7 @@ def build_config(args: argparse.Namespace) -> object:
         preset=args.preset,
         tokenizer=args.tokenizer,
         pooling=args.pooling,
+        classifier=args.classifier,
         freeze_encoder=args.freeze_encoder,
         lora=args.lora,
         epochs=args.epochs,
