@@ -53,7 +53,7 @@ FULL = {
         },
         "tf_0": {
             "tokenizer": "dna-kmer:k=6,stride=1",
-            "epochs": 3,
+            "epochs": 6,
             "evals_per_epoch": 2,
             "lr": 3e-3,
             "weight_decay": 0.1,
@@ -65,8 +65,8 @@ FULL = {
     "pretrain_steps": 400,
     "jobs": 2,
     "peptide_folds": 5,
-    "peptide_steps": 40,
-    "peptide_evals_per_run": 2,
+    "peptide_steps": 2000,
+    "peptide_evals_per_epoch": 1,
     "peptide_max_tokens": 4096,
     "bootstrap": 200,
 }
@@ -82,7 +82,7 @@ SMOKE = {
     "jobs": 1,
     "peptide_folds": 2,
     "peptide_steps": 2,
-    "peptide_evals_per_run": 1,
+    "peptide_evals_per_epoch": 1,
     "peptide_rows": 120,
     "bootstrap": 10,
 }
@@ -125,6 +125,7 @@ def finetune_run(
     epochs: float = 1.0,
     max_steps: int | None = None,
     valid_fraction: float = 0.0,
+    pooling: str = "mean",
 ) -> dict:
     """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test MCC,
     validation MCC and seconds. A pretrained model keeps its own tokenizer."""
@@ -145,6 +146,7 @@ def finetune_run(
         evals_per_epoch=evals_per_epoch,
         valid_fraction=valid_fraction,
         test_fraction=0.0,
+        pooling=pooling,
         bootstrap=settings["bootstrap"],
         tune_threshold=True,
         plots=False,
@@ -306,7 +308,8 @@ def gue_task(name: str, data: Path, work: Path, settings: dict, pretrained: Path
 
 
 def peptides(data: Path, work: Path, settings: dict) -> dict:
-    """5-fold CV on the AMP peptide CSV after de-duplication (stratified folds)."""
+    """5-fold CV on the AMP peptide CSV after de-duplication (stratified folds; the folds
+    train in parallel like the GUE runs)."""
     from sklearn.model_selection import StratifiedKFold
 
     from biotransformer.io import read_sequences
@@ -320,27 +323,29 @@ def peptides(data: Path, work: Path, settings: dict) -> dict:
     sequences = [record.sequence for record in kept]
     labels = np.array([int(record.label) for record in kept])
     folds = StratifiedKFold(settings["peptide_folds"], shuffle=True, random_state=0)
-    runs, baselines = [], []
+    calls, baselines = [], []
     for fold, (train_index, test_index) in enumerate(folds.split(sequences, labels)):
         train = ([sequences[i] for i in train_index], labels[train_index].tolist())
         test = ([sequences[i] for i in test_index], labels[test_index].tolist())
         baselines.append(kmer_baseline(train, test, (1, 3)))
-        run = finetune_run(
-            write_csv(work / f"peptides_train_{fold}.csv", *train),
-            None,
-            write_csv(work / f"peptides_test_{fold}.csv", *test),
-            work / f"peptides_{fold}",
-            seed=0,
-            settings=settings,
-            pretrained=None,
-            max_tokens=settings["peptide_max_tokens"],
-            evals_per_epoch=settings["peptide_evals_per_run"],
-            lr=settings["peptide_lr"],
-            max_steps=settings["peptide_steps"],
-            valid_fraction=0.1,
+        calls.append(
+            {
+                "train": write_csv(work / f"peptides_train_{fold}.csv", *train),
+                "valid": None,
+                "test": write_csv(work / f"peptides_test_{fold}.csv", *test),
+                "out": work / f"peptides_{fold}",
+                "seed": 0,
+                "settings": settings,
+                "pretrained": None,
+                "max_tokens": settings["peptide_max_tokens"],
+                "evals_per_epoch": settings["peptide_evals_per_epoch"],
+                "lr": settings["peptide_lr"],
+                "max_steps": settings["peptide_steps"],
+                "valid_fraction": 0.1,
+            }
         )
-        runs.append({"fold": fold, **run})
-    result = summarise(runs)
+    runs = run_parallel(finetune_run, calls, settings["jobs"])
+    result = summarise([{"fold": fold, **run} for fold, run in enumerate(runs)])
     baseline_values = np.array(baselines)
     return {
         "n_records": len(records),
