@@ -21,7 +21,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from torch import nn
 from biotransformer.config import ModelConfig
 from biotransformer.data.collator import MaskingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
+from biotransformer.environment import machine, versions
 from biotransformer.heads import MaskedLM
 from biotransformer.io import read_sequences
 from biotransformer.tokenizers import Tokenizer
@@ -468,7 +468,7 @@ def print_table(title: str, summary: dict[str, Any]) -> None:
 def run(sizes: Sizes, threads: int, output: Path | None) -> dict[str, Any]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    load_start = os.getloadavg()
+    load_start = list(os.getloadavg())
     tokenizer = Tokenizer.from_spec("protein")
     collator = MaskingCollator(tokenizer, mask_rate=0.15, mask_token_rate=1.0, random_token_rate=0)
     support = bf16_support()
@@ -486,8 +486,9 @@ def run(sizes: Sizes, threads: int, output: Path | None) -> dict[str, Any]:
     if has_bf16:
         runners.append(ours_runner("ours_bf16", ours(sizes, tokenizer), bf16=True))
     if sizes.compile:
-        compiled = torch.compile(ours(sizes, tokenizer))
-        runners.append(ours_runner("ours_compiled", compiled))  # type: ignore[arg-type]
+        compiled = ours(sizes, tokenizer)
+        compiled.compile()  # in place, as training.compile does
+        runners.append(ours_runner("ours_compiled", compiled))
     flops_per_token = model.flops_per_token(sizes.seq_len)
     print(
         f"FLOPs per token = {FLOPS_FORMULA}\n  N = {model.num_parameters():,}, "
@@ -581,16 +582,12 @@ def run(sizes: Sizes, threads: int, output: Path | None) -> dict[str, Any]:
             "HF and fair-esm carry an unused contact-prediction head (a few parameters)",
             "ours_bf16 is ours under torch.autocast('cpu', bfloat16) with fp32 weights and "
             "optimizer; its ratios are against the peers in fp32",
-            "ours_compiled is ours through torch.compile (default inductor backend), the same "
-            "computation; compiled once before the rounds",
+            "ours_compiled is ours with its forward compiled in place (nn.Module.compile, the "
+            "inductor backend), as training.compile does: the same computation, compiled during "
+            "the warm-up before the rounds",
         ],
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-            "torch": torch.__version__,
-        },
+        "machine": {**machine(), "load_average_1_5_15min_at_start": load_start},
+        "versions": versions("torch", "transformers", "fair-esm"),
     }
     print(f"\ntargets met: {result['targets_met']}")
     if output is not None:

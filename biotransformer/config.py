@@ -304,9 +304,10 @@ class TrainingConfig:
     ``max_steps`` counts optimizer steps; one step takes ``gradient_accumulation_steps``
     micro-batches on every process. ``save_every``, ``eval_every`` and ``log_every`` are in
     optimizer steps (0 turns eval or saving off; the last step is always evaluated and saved).
-    ``compile`` runs the model through ``torch.compile`` (Accelerate's inductor backend): the
-    same results, a few percent faster on CPU (``benchmarks/train_throughput.py``), after the
-    first steps spend seconds to a minute compiling.
+    ``compile`` compiles the model's forward in place with ``torch.compile`` (inductor): the
+    same results and checkpoints after a first minute of compiling; on the 2-core CPU of
+    ``benchmarks/train_throughput.py`` its speed was within -4% to +6% of eager, the noise
+    between rounds, because GEMMs and attention kernels dominate there.
     """
 
     output_dir: str = "runs/pretrain"
