@@ -125,7 +125,6 @@ def finetune_run(
     epochs: float = 1.0,
     max_steps: int | None = None,
     valid_fraction: float = 0.0,
-    pooling: str = "mean",
 ) -> dict:
     """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test MCC,
     validation MCC and seconds. A pretrained model keeps its own tokenizer."""
@@ -146,7 +145,6 @@ def finetune_run(
         evals_per_epoch=evals_per_epoch,
         valid_fraction=valid_fraction,
         test_fraction=0.0,
-        pooling=pooling,
         bootstrap=settings["bootstrap"],
         tune_threshold=True,
         plots=False,
