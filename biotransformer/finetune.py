@@ -91,6 +91,7 @@ from biotransformer.train import (
 )
 
 TASKS = ("classification", "multilabel", "regression", "token-classification")
+CLASS_TASKS = ("classification", "multilabel")  # the tasks whose labels are classes
 LABEL_TYPES = {
     "classification": "class",
     "multilabel": "multilabel",
@@ -200,11 +201,11 @@ class FinetuneConfig:
                 raise ConfigError(
                     f"classifier {self.classifier!r} is not one of {list(CLASSIFIERS)}"
                 )
-            if self.task not in ("classification", "multilabel"):
+            if self.task not in CLASS_TASKS:
                 raise ConfigError("classifier applies to classification and multilabel")
-        if self.pos_weight is not None and self.task not in ("classification", "multilabel"):
+        if self.pos_weight is not None and self.task not in CLASS_TASKS:
             raise ConfigError("pos_weight applies to binary classification and multilabel")
-        if self.tune_threshold and self.task not in ("classification", "multilabel"):
+        if self.tune_threshold and self.task not in CLASS_TASKS:
             raise ConfigError("tune_threshold applies to binary classification and multilabel")
         for name in ("valid_fraction", "test_fraction", "warmup_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
