@@ -35,8 +35,8 @@ from biotransformer.inference import predict_logits
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
-def kill_after(command: list[str], delay: float, ready: callable = lambda: True) -> None:
-    """Start ``command``, wait until ``ready()`` then ``delay`` seconds, and SIGKILL it."""
+def start_until_ready(command: list[str], ready: callable) -> subprocess.Popen:
+    """Start ``command`` and return it once ``ready()`` holds (or it has exited)."""
     process = subprocess.Popen(
         command, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -44,9 +44,24 @@ def kill_after(command: list[str], delay: float, ready: callable = lambda: True)
     while not ready() and process.poll() is None:
         assert time.monotonic() < deadline, "the process never became ready"
         time.sleep(0.02)
+    return process
+
+
+def kill_after(command: list[str], delay: float, ready: callable = lambda: True) -> None:
+    """Start ``command``, wait until ``ready()`` then ``delay`` seconds, and SIGKILL it."""
+    process = start_until_ready(command, ready)
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def seconds_after_ready(command: list[str], ready: callable) -> float:
+    """Run ``command`` to success; the seconds from ``ready()`` to its exit: the window in
+    which a kill interrupts the same work, however fast this machine is."""
+    process = start_until_ready(command, ready)
+    ready_at = time.monotonic()
+    assert process.wait() == 0, f"{command} failed"
+    return time.monotonic() - ready_at
 
 
 def shard_contents(directory: Path) -> dict[str, bytes | list]:
@@ -66,18 +81,16 @@ def test_prepare_killed_at_random_moments_then_rerun_equals_an_uninterrupted_run
     fasta = write_fasta(tmp_path / "corpus.fa", records=40, length=500_000)
     args = ["--tokenizer", "dna-kmer:k=3", "--window-tokens", "200", "--quiet"]
     prepare = [sys.executable, "-m", "biotransformer", "prepare", str(fasta), *args]
-    subprocess.run(
-        [*prepare, "--out", str(tmp_path / "straight")],
-        check=True,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
+    straight = tmp_path / "straight"
+    window = seconds_after_ready(
+        [*prepare, "--out", str(straight)], ready=lambda: any(straight.glob("*.partial"))
     )
-    expected = shard_contents(tmp_path / "straight")
+    expected = shard_contents(straight)
     for seed in (1, 2):
         out = tmp_path / f"killed{seed}"
         kill_after(
             [*prepare, "--out", str(out)],
-            random.Random(seed).uniform(0.0, 0.3),
+            random.Random(seed).uniform(0.0, 0.6) * window,
             ready=lambda out=out: any(out.glob("*.partial")),
         )
         assert not (out / "manifest.json").exists(), "prepare finished before the kill"
