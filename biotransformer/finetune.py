@@ -73,7 +73,12 @@ from biotransformer.memory import preflight
 from biotransformer.metrics import tune_threshold
 from biotransformer.report import write_report
 from biotransformer.splits import deduplicate, leakage_report, split_records
-from biotransformer.strands import strand_augmented
+from biotransformer.strands import (
+    average_strands,
+    require_dna,
+    reverse_complement_record,
+    strand_augmented,
+)
 from biotransformer.tokenizers import Tokenizer
 from biotransformer.train import (
     BatchStream,
@@ -140,7 +145,9 @@ class FinetuneConfig:
     dense-tanh-linear head; with ``pooling='cls'`` the model exports to HuggingFace); None
     keeps a warm-started classifier's own head and gives a new one ``linear``.
     ``rc_augment`` (DNA only) serves each training sample reverse-complemented with that
-    probability, drawn from (seed, epoch, index) (see ``strands``).
+    probability, drawn from (seed, epoch, index) (see ``strands``). ``rc_average`` (DNA,
+    sequence-level tasks) scores validation, test and later predictions as the mean over both
+    strands; it is stored in ``task.json`` as the model's default.
     ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
     ``output_dir/imported``. ``lora`` (``r=8,alpha=16``, see ``LoraSettings.parse``) trains
     LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
@@ -175,6 +182,7 @@ class FinetuneConfig:
     select_metric: str | None = None
     evals_per_epoch: int = 1
     rc_augment: float = 0.0
+    rc_average: bool = False
     bootstrap: int = 1000
     plots: bool = True
     resume: str | None = None
@@ -212,6 +220,10 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be in [0, 1)")
         if not 0.0 <= self.rc_augment <= 1.0:
             raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
+        if self.rc_average and self.task == "token-classification":
+            raise ConfigError(
+                "rc_average applies to sequence-level tasks; per-base labels are strand-specific"
+            )
         if self.evals_per_epoch < 1:
             raise ConfigError(f"evals_per_epoch = {self.evals_per_epoch} must be >= 1")
         if self.lora is not None:
@@ -605,7 +617,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     for line in report.lines():
         accelerator.print(line)
     labels = label_vocabulary(config.task, splits["train"])
-    task = TaskInfo(config.task, labels)
+    task = TaskInfo(config.task, labels, rc_average=config.rc_average)
 
     def label_fn(record: SequenceRecord, offsets: np.ndarray) -> Any:
         if config.task == "token-classification":
@@ -621,6 +633,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     provisional = build_model(base, alphabet, labels, None, longest)
     tokenizer = provisional.tokenizer
     max_length = config.max_length or provisional.config.max_length
+    if config.rc_average:
+        require_dna(tokenizer, "reverse-complement averaging")
     datasets = {
         name: RecordDataset(records, tokenizer, max_length=max_length, labels=label_fn)
         for name, records in splits.items()
@@ -697,6 +711,15 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         "auroc" if config.tune_threshold else SELECT_METRICS[config.task]
     )
     valid_truth = _targets(config.task, datasets["valid"])
+    valid_reverse = (
+        RecordDataset(
+            [reverse_complement_record(record) for record in splits["valid"]],
+            tokenizer,
+            max_length=max_length,
+        )
+        if config.rc_average
+        else None
+    )
 
     def evaluate() -> dict[str, float]:
         network = accelerator.unwrap_model(model, keep_torch_compile=False)
@@ -711,9 +734,13 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         token_task = (
             TaskInfo("classification", labels) if config.task == "token-classification" else task
         )
-        result = metrics_from_scores(
-            token_task, truth, probabilities(token_task, flat), bootstrap=0, seed=0
-        )
+        scores = probabilities(token_task, flat)
+        if valid_reverse is not None:
+            reverse = predict_logits(
+                network, valid_reverse, max_tokens=config.max_tokens, accelerator=accelerator
+            )
+            scores = average_strands(scores, probabilities(task, np.stack(reverse)))
+        result = metrics_from_scores(token_task, truth, scores, bootstrap=0, seed=0)
         values = {f"valid_{name}": entry["value"] for name, entry in result["metrics"].items()}
         values["valid_loss"] = _valid_loss(config.task, truth, flat, network)
         if select not in result["metrics"]:
@@ -831,6 +858,7 @@ def final_evaluation(
         "task": config.task,
         "labels": task.labels,
         "threshold": task.threshold,
+        "rc_average": task.rc_average,
         "seed": config.training.seed,
         "bootstrap_seed": 0,
         "best_step": best_step,

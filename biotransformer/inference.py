@@ -11,7 +11,8 @@ sequence outputs are aggregated over a record's windows, token outputs stitched 
 ``rc_average`` averages the sequence outputs of both DNA strands (``strands``).
 
 A model directory written by ``finetune`` also holds ``task.json`` (task, decision
-threshold); ``load_task`` reads it and falls back to what the model class implies.
+threshold, whether its scores average both strands); ``load_task`` reads it and falls back to
+what the model class implies.
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ ENCODE_CHUNK = 2048
 
 @dataclass
 class TaskInfo:
-    """The task of a model, its label names (by class id) and its decision threshold."""
+    """The task of a model, its label names (by class id), its decision threshold and whether
+    its scores are the mean over both DNA strands (``rc_average``, the default of
+    ``predict_records`` and ``evaluate_records``)."""
 
     task: str
     labels: list[str] = field(default_factory=list)
     threshold: float | list[float] | None = None
+    rc_average: bool = False
 
     @property
     def problem(self) -> str:
@@ -68,7 +72,12 @@ class TaskInfo:
         return "binary" if len(self.labels) == 2 else "multiclass"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "labels": self.labels, "threshold": self.threshold}
+        return {
+            "task": self.task,
+            "labels": self.labels,
+            "threshold": self.threshold,
+            "rc_average": self.rc_average,
+        }
 
 
 def task_of_model(model: torch.nn.Module) -> TaskInfo:
@@ -94,6 +103,7 @@ def load_task(model: torch.nn.Module, directory: str | os.PathLike[str]) -> Task
     if path.is_file():
         saved = json.loads(path.read_text())
         info.threshold = saved.get("threshold")
+        info.rc_average = bool(saved.get("rc_average", False))
     return info
 
 
@@ -336,10 +346,12 @@ def predict_records(
     max_tokens: int = 16384,
     accelerator: Any = None,
     windows: WindowOptions | None = None,
-    rc_average: bool = False,
+    rc_average: bool | None = None,
 ) -> Predictions:
     """Predictions for ``records`` in their order; long records are cut into windows, and
-    ``rc_average`` averages both strands' scores (DNA, sequence-level tasks)."""
+    ``rc_average`` averages both strands' scores (DNA, sequence-level tasks; None: the
+    task's own ``rc_average``)."""
+    rc_average = task.rc_average if rc_average is None else rc_average
     if task.task == "masked-lm":
         raise ConfigError(
             "a masked-LM model predicts tokens, not labels: fine-tune it first "
@@ -529,11 +541,13 @@ def evaluate_records(
     accelerator: Any = None,
     mask_rate: float = 0.15,
     windows: WindowOptions | None = None,
-    rc_average: bool = False,
+    rc_average: bool | None = None,
 ) -> tuple[dict[str, Any], Predictions | None]:
     """Metrics of ``model`` on labelled ``records`` (``evaluate_predictions``' dict, with the
     threshold used) and the predictions they were computed from (None for masked-LM). Long
-    records are cut into windows; ``rc_average`` averages both DNA strands' scores."""
+    records are cut into windows; ``rc_average`` averages both DNA strands' scores (None: the
+    task's own ``rc_average``)."""
+    rc_average = task.rc_average if rc_average is None else rc_average
     if task.task == "masked-lm":
         if rc_average:
             raise ConfigError("reverse-complement averaging does not apply to a masked-LM loss")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +168,75 @@ def test_predict_command_rc_average_and_windows(tmp_path, capsys):
     argv = ["predict", "--model", str(tmp_path / "protein"), "--input", str(tmp_path / "p.fa")]
     assert main([*argv, "--out", str(out), "--rc-average"]) == 2
     assert "proteins have no reverse complement" in capsys.readouterr().err
+
+
+def test_finetune_rc_average_selects_tunes_and_stores_on_both_strands(tmp_path):
+    """Validation scores in the log, the threshold, metrics.json and later predictions are all
+    means over both strands; task.json makes that the model's default."""
+    from sklearn.metrics import roc_auc_score
+
+    from biotransformer.cli import main
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 160), ("valid", 60), ("test", 60)):
+        rows = planted(n, rng, both_strands=True)
+        (tmp_path / f"{split}.csv").write_text(
+            "sequence,label\n" + "".join(f"{s},{y}\n" for s, y in rows)
+        )
+    out = tmp_path / "run"
+    result = finetune(
+        FinetuneConfig(
+            train=str(tmp_path / "train.csv"),
+            valid=str(tmp_path / "valid.csv"),
+            test=str(tmp_path / "test.csv"),
+            output_dir=str(out),
+            preset="tiny",
+            tokenizer="dna-kmer:k=3",
+            model={"hidden_size": 32, "ffn_size": 64},
+            epochs=2,
+            max_tokens=1024,
+            tune_threshold=True,
+            rc_average=True,
+            bootstrap=0,
+            plots=False,
+            training=TrainingConfig(lr=3e-3, schedule="linear", min_lr_ratio=0.0),
+        )
+    )
+    model = load_model(result.model_dir)
+    task = load_task(model, result.model_dir)
+    assert task.rc_average and result.metrics["rc_average"] is True
+    valid = [
+        SequenceRecord(str(i), s, label=y)
+        for i, (s, y) in enumerate(
+            line.split(",") for line in (tmp_path / "valid.csv").read_text().split()[1:]
+        )
+    ]
+    averaged = predict_records(model, valid, task)
+    forward = predict_records(model, valid, task, rc_average=False)
+    assert not np.allclose(averaged.scores, forward.scores)
+    truth = [int(r.label) for r in valid]
+    logged = [
+        json.loads(line)
+        for line in (out / "log.jsonl").read_text().splitlines()
+        if "valid_auroc" in line
+    ]
+    at_best = next(entry for entry in logged if entry["step"] == result.best_step)
+    assert at_best["valid_auroc"] == pytest.approx(roc_auc_score(truth, averaged.scores[:, 1]))
+    assert result.metrics["valid"]["metrics"]["auroc"]["value"] == pytest.approx(
+        roc_auc_score(truth, averaged.scores[:, 1])
+    )
+    argv = ["predict", "--model", str(result.model_dir), "--input", str(tmp_path / "valid.csv")]
+    for flag, expected in (([], averaged), (["--no-rc-average"], forward)):
+        tsv = tmp_path / f"p{len(flag)}.tsv"
+        assert main([*argv, "--out", str(tsv), *flag]) == 0
+        rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+        np.testing.assert_allclose(
+            [float(row[-1]) for row in rows], expected.scores[:, 1], atol=1e-5
+        )
+
+
+def test_rc_average_is_refused_for_per_base_labels():
+    with pytest.raises(ConfigError, match="strand-specific"):
+        FinetuneConfig(
+            train="t.fa", output_dir="o", task="token-classification", rc_average=True
+        ).validate()

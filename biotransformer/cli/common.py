@@ -96,8 +96,11 @@ def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = Tr
     if rc_average:
         parser.add_argument(
             "--rc-average",
-            action="store_true",
-            help="DNA: average the sequence-level scores of both strands (reverse complement)",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="DNA: average the sequence-level scores of both strands (reverse complement); "
+            "--no-rc-average scores the given strand only (default: what the model was "
+            "fine-tuned with, stored in task.json; off when it has none)",
         )
 
 

@@ -190,6 +190,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="DNA: serve each training sample reverse-complemented with probability P, drawn "
         "from (seed, epoch, index) (default: 0, off)",
     )
+    train.add_argument(
+        "--rc-average",
+        action="store_true",
+        help="DNA, sequence-level tasks: score validation and test (and, stored in "
+        "model/task.json, later predict/evaluate runs) as the mean over both strands",
+    )
     split = parser.add_argument_group("splits")
     split.add_argument(
         "--valid-fraction", type=float, default=0.1, help="share of train for validation (0.1)"
@@ -245,6 +251,7 @@ def build_config(args: argparse.Namespace) -> object:
         pos_weight=_pos_weight(args.pos_weight),
         tune_threshold=args.tune_threshold,
         rc_augment=args.rc_augment,
+        rc_average=args.rc_average,
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,
         bootstrap=args.bootstrap,
