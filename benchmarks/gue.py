@@ -8,7 +8,11 @@ beside DNABERT-2's published MCC. Each task has its own k-mer tokenizer: non-ove
 101 bp binding sites (non-overlapping k-mers split a motif across three reading frames). The
 pretrained model of a task is the recipe ``pretrain_dna_tiny`` with that tokenizer, pretrained
 here by masked-LM on the task's training sequences (labels unused; unless ``--pretrained DIR``
-is given). Independent runs go to ``jobs`` worker processes of one thread each. Peptides: 5-fold
+is given) for a task's ``pretrain_steps``; a task's ``pretrained_lr`` is the fine-tuning rate
+from it. tf_0 trains on both strands (``rc_augment``) and is selected, thresholded and tested
+on the mean of both strands' scores (``rc_average``): binding sites are strand-symmetric, the
+oriented promoters are not. Independent runs go to ``jobs`` worker processes of one thread
+each. Peptides: 5-fold
 cross-validation after de-duplication, with an amino-acid k-mer (1..3) baseline on the same
 folds. Every setting is stored in the JSON with the results.
 
@@ -50,19 +54,23 @@ FULL = {
             "evals_per_epoch": 1,
             "lr": 2e-3,
             "weight_decay": 0.01,
+            "pretrain_steps": 400,
         },
         "tf_0": {
             "tokenizer": "dna-kmer:k=6,stride=1",
             "epochs": 6,
             "evals_per_epoch": 2,
             "lr": 3e-3,
+            "pretrained_lr": 1e-3,
             "weight_decay": 0.1,
+            "pretrain_steps": 12000,
+            "rc_augment": 0.5,
+            "rc_average": True,
         },
     },
     "max_tokens": 4096,
     "peptide_lr": 2e-3,
     "dropout": 0.1,
-    "pretrain_steps": 400,
     "jobs": 2,
     "peptide_folds": 5,
     "peptide_steps": 2000,
@@ -74,11 +82,10 @@ SMOKE = {
     **FULL,
     "seeds": [0],
     "gue": {
-        name: {**spec, "epochs": 1, "evals_per_epoch": 1, "rows": 48}
+        name: {**spec, "epochs": 1, "evals_per_epoch": 1, "rows": 48, "pretrain_steps": 0}
         for name, spec in FULL["gue"].items()
     },
     "max_tokens": 2048,
-    "pretrain_steps": 0,
     "jobs": 1,
     "peptide_folds": 2,
     "peptide_steps": 2,
@@ -125,6 +132,8 @@ def finetune_run(
     epochs: float = 1.0,
     max_steps: int | None = None,
     valid_fraction: float = 0.0,
+    rc_augment: float = 0.0,
+    rc_average: bool = False,
 ) -> dict:
     """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test MCC,
     validation MCC and seconds. A pretrained model keeps its own tokenizer."""
@@ -147,6 +156,8 @@ def finetune_run(
         test_fraction=0.0,
         bootstrap=settings["bootstrap"],
         tune_threshold=True,
+        rc_augment=rc_augment,
+        rc_average=rc_average,
         plots=False,
     )
     config.training.lr = lr
@@ -229,18 +240,19 @@ def pretrain_tasks(data: Path, work: Path, settings: dict) -> tuple[dict[str, Pa
         fasta.write_text("".join(f">{i}\n{sequence}\n" for i, sequence in enumerate(sequences)))
         calls[name] = {
             "out": work / f"pretrain_{name}",
-            "steps": settings["pretrain_steps"],
+            "steps": spec["pretrain_steps"],
             "fasta": fasta,
             "tokenizer": spec["tokenizer"],
             "dropout": settings["dropout"],
         }
     started = time.perf_counter()
     models = run_parallel(pretrain_tiny, list(calls.values()), settings["jobs"])
+    steps = ", ".join(f"{name} {call['steps']} steps" for name, call in calls.items())
     note = (
         f"recipe pretrain_dna_tiny with model.num_layers={ARCHITECTURE['num_layers']}, "
         f"model.dropout={settings['dropout']}, the task's tokenizer, "
-        f"{settings['pretrain_steps']} steps of masked-LM on the task's own training sequences "
-        f"(labels unused; validation and test sequences never seen), both tasks in "
+        f"masked-LM on the task's own training sequences ({steps}; "
+        f"labels unused; validation and test sequences never seen), both tasks in "
         f"{time.perf_counter() - started:.0f} s"
     )
     return dict(zip(calls, models, strict=True)), note
@@ -282,8 +294,10 @@ def gue_task(name: str, data: Path, work: Path, settings: dict, pretrained: Path
             "evals_per_epoch": spec["evals_per_epoch"],
             "tokenizer": spec["tokenizer"],
             "epochs": spec["epochs"],
-            "lr": spec["lr"],
+            "lr": spec["lr"] if model_dir is None else spec.get("pretrained_lr", spec["lr"]),
             "weight_decay": spec["weight_decay"],
+            "rc_augment": spec.get("rc_augment", 0.0),
+            "rc_average": spec.get("rc_average", False),
         }
         for init, model_dir in inits.items()
         for seed in settings["seeds"]
@@ -405,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         pretrained: dict[str, Path | None] = dict.fromkeys(settings["gue"], args.pretrained)
         pretrained_note = "given with --pretrained"
-        if args.pretrained is None and settings["pretrain_steps"] > 0:
+        if args.pretrained is None and all(s["pretrain_steps"] for s in settings["gue"].values()):
             pretrained, pretrained_note = pretrain_tasks(args.data, work, settings)
         elif args.pretrained is None:
             pretrained_note = "not pretrained in smoke mode"
