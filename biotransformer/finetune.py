@@ -222,7 +222,8 @@ class FinetuneConfig:
             raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
         if self.rc_average and self.task == "token-classification":
             raise ConfigError(
-                "rc_average applies to sequence-level tasks; per-base labels are strand-specific"
+                "rc_average applies to sequence-level tasks; per-base labels are "
+                "strand-specific: drop --rc-average"
             )
         if self.evals_per_epoch < 1:
             raise ConfigError(f"evals_per_epoch = {self.evals_per_epoch} must be >= 1")
@@ -739,7 +740,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             reverse = predict_logits(
                 network, valid_reverse, max_tokens=config.max_tokens, accelerator=accelerator
             )
-            scores = average_strands(scores, probabilities(task, np.stack(reverse)))
+            scores = average_strands(scores, probabilities(token_task, np.stack(reverse)))
         result = metrics_from_scores(token_task, truth, scores, bootstrap=0, seed=0)
         values = {f"valid_{name}": entry["value"] for name, entry in result["metrics"].items()}
         values["valid_loss"] = _valid_loss(config.task, truth, flat, network)

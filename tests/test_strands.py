@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from biotransformer.errors import ConfigError
 from biotransformer.finetune import FinetuneConfig, finetune
 from biotransformer.heads import SequenceClassifier, load_model
 from biotransformer.inference import RecordDataset, load_task, predict_records, task_of_model
-from biotransformer.io import SequenceRecord
+from biotransformer.io import SequenceRecord, read_sequences
 from biotransformer.strands import (
     StrandAugmentedDataset,
     require_dna,
@@ -109,6 +110,12 @@ def planted(n: int, rng: np.random.Generator, *, both_strands: bool) -> list[tup
     return rows
 
 
+def write_csv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    """``rows`` as a ``sequence,label`` CSV."""
+    path.write_text("sequence,label\n" + "".join(f"{s},{y}\n" for s, y in rows))
+    return path
+
+
 def strand_gap(model_dir, records) -> float:
     model = load_model(model_dir)
     task = load_task(model, model_dir)
@@ -123,8 +130,7 @@ def test_rc_augmentation_brings_the_strands_closer(tmp_path):
     """The label is strand-symmetric, but training shows the motif on one strand only."""
     rng = np.random.default_rng(0)
     rows = planted(600, rng, both_strands=False)
-    train = tmp_path / "train.csv"
-    train.write_text("sequence,label\n" + "".join(f"{s},{y}\n" for s, y in rows))
+    train = write_csv(tmp_path / "train.csv", rows)
     held_out = [
         SequenceRecord(f"h{i}", s) for i, (s, _) in enumerate(planted(200, rng, both_strands=True))
     ]
@@ -179,10 +185,7 @@ def test_finetune_rc_average_selects_tunes_and_stores_on_both_strands(tmp_path):
 
     rng = np.random.default_rng(1)
     for split, n in (("train", 160), ("valid", 60), ("test", 60)):
-        rows = planted(n, rng, both_strands=True)
-        (tmp_path / f"{split}.csv").write_text(
-            "sequence,label\n" + "".join(f"{s},{y}\n" for s, y in rows)
-        )
+        write_csv(tmp_path / f"{split}.csv", planted(n, rng, both_strands=True))
     out = tmp_path / "run"
     result = finetune(
         FinetuneConfig(
@@ -205,12 +208,7 @@ def test_finetune_rc_average_selects_tunes_and_stores_on_both_strands(tmp_path):
     model = load_model(result.model_dir)
     task = load_task(model, result.model_dir)
     assert task.rc_average and result.metrics["rc_average"] is True
-    valid = [
-        SequenceRecord(str(i), s, label=y)
-        for i, (s, y) in enumerate(
-            line.split(",") for line in (tmp_path / "valid.csv").read_text().split()[1:]
-        )
-    ]
+    valid = list(read_sequences(tmp_path / "valid.csv"))
     averaged = predict_records(model, valid, task)
     forward = predict_records(model, valid, task, rc_average=False)
     assert not np.allclose(averaged.scores, forward.scores)
