@@ -11,10 +11,11 @@ here by masked-LM on the task's training sequences (labels unused; unless ``--pr
 is given) for a task's ``pretrain_steps``; a task's ``pretrained_lr`` is the fine-tuning rate
 from it. tf_0 trains on both strands (``rc_augment``) and is selected, thresholded and tested
 on the mean of both strands' scores (``rc_average``): binding sites are strand-symmetric, the
-oriented promoters are not. Independent runs go to ``jobs`` worker processes of one thread
-each. Peptides: 5-fold
-cross-validation after de-duplication, with an amino-acid k-mer (1..3) baseline on the same
-folds. Every setting is stored in the JSON with the results.
+oriented promoters are not. Every run (pretraining, baselines, fine-tuning) goes to one pool
+of ``jobs`` worker processes of one thread each; a task's runs from its pretrained model are
+queued as soon as that model is ready. Peptides: 5-fold cross-validation after
+de-duplication, with an amino-acid k-mer (1..3) baseline on the same folds. Every setting is
+stored in the JSON with the results.
 
     python benchmarks/gue.py                 # full run, writes benchmarks/results/gue.json
     python benchmarks/gue.py --smoke --out /tmp/gue.json   # seconds, tiny subsets
@@ -33,7 +34,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,7 @@ SMOKE = {
     **FULL,
     "seeds": [0],
     "gue": {
-        name: {**spec, "epochs": 1, "evals_per_epoch": 1, "rows": 48, "pretrain_steps": 0}
+        name: {**spec, "epochs": 1, "evals_per_epoch": 1, "rows": 48, "pretrain_steps": 2}
         for name, spec in FULL["gue"].items()
     },
     "max_tokens": 2048,
@@ -185,14 +187,30 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_parallel(function: Callable[..., Any], calls: list[dict], jobs: int) -> list[Any]:
-    """``function(**call)`` for each call, in order: in this process when ``jobs`` is 1, else
-    in ``jobs`` spawned worker processes of one thread each (runs are independent)."""
+class InProcess:
+    """The ``submit`` of an executor for ``jobs`` = 1: each call runs when submitted."""
+
+    def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except Exception as error:  # re-raised by future.result(), like a worker's
+            future.set_exception(error)
+        return future
+
+
+def executor(jobs: int) -> contextlib.AbstractContextManager:
+    """``jobs`` spawned worker processes of one thread each (runs are independent), or, for
+    one job, this process."""
     if jobs == 1:
-        return [function(**call) for call in calls]
-    with ProcessPoolExecutor(jobs, get_context("spawn"), initializer=_one_thread) as pool:
-        futures = [pool.submit(function, **call) for call in calls]
-        return [future.result() for future in futures]
+        return contextlib.nullcontext(InProcess())
+    return ProcessPoolExecutor(jobs, get_context("spawn"), initializer=_one_thread)
+
+
+def timed(function: Callable[..., Any], **call: Any) -> tuple[Any, float]:
+    """``function(**call)`` and the seconds it took."""
+    started = time.perf_counter()
+    return function(**call), time.perf_counter() - started
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -231,8 +249,8 @@ def pretrain_tiny(out: Path, steps: int, fasta: Path, tokenizer: str, dropout: f
     return Path(result.model_dir)
 
 
-def pretrain_tasks(data: Path, work: Path, settings: dict) -> tuple[dict[str, Path], str]:
-    """One pretrained model per GUE task, on that task's training sequences, in parallel."""
+def pretrain_calls(data: Path, work: Path, settings: dict) -> dict[str, dict]:
+    """``pretrain_tiny`` calls, one per GUE task, on that task's training sequences."""
     calls = {}
     for name, spec in settings["gue"].items():
         sequences, _ = read_csv(data / "gue" / name / "train.csv", spec.get("rows"))
@@ -245,131 +263,218 @@ def pretrain_tasks(data: Path, work: Path, settings: dict) -> tuple[dict[str, Pa
             "tokenizer": spec["tokenizer"],
             "dropout": settings["dropout"],
         }
-    started = time.perf_counter()
-    models = run_parallel(pretrain_tiny, list(calls.values()), settings["jobs"])
-    steps = ", ".join(f"{name} {call['steps']} steps" for name, call in calls.items())
-    note = (
+    return calls
+
+
+def pretrained_note(calls: dict[str, dict], seconds: dict[str, float], settings: dict) -> str:
+    steps = ", ".join(
+        f"{name} {call['steps']} steps in {seconds[name]:.0f} s" for name, call in calls.items()
+    )
+    return (
         f"recipe pretrain_dna_tiny with model.num_layers={ARCHITECTURE['num_layers']}, "
         f"model.dropout={settings['dropout']}, the task's tokenizer, "
         f"masked-LM on the task's own training sequences ({steps}; "
-        f"labels unused; validation and test sequences never seen), both tasks in "
-        f"{time.perf_counter() - started:.0f} s"
+        f"labels unused; validation and test sequences never seen)"
     )
-    return dict(zip(calls, models, strict=True)), note
 
 
-def gue_task(name: str, data: Path, work: Path, settings: dict, pretrained: Path | None) -> dict:
-    spec = settings["gue"][name]
-    folder = data / "gue" / name
-    rows = spec.get("rows")
-    train = read_csv(folder / "train.csv", rows)
-    valid = read_csv(folder / "dev.csv", rows)
-    test = read_csv(folder / "test.csv", rows)
-    started = time.perf_counter()
-    baseline = kmer_baseline(train, test, (3, 6))
-    files = {
-        split: write_csv(work / f"{name}_{split}.csv", *values)
-        for split, values in (("train", train), ("valid", valid), ("test", test))
-    }
-    result = {
-        "n_train": len(train[0]),
-        "n_valid": len(valid[0]),
-        "n_test": len(test[0]),
-        "baseline_kmer3to6_logreg_mcc": baseline,
-        "dnabert2_published_mcc": DNABERT2_MCC[name],
-    }
-    inits = {"scratch": None}
-    if pretrained is not None:
-        inits["pretrained"] = pretrained
-    calls = [
-        {
-            "train": files["train"],
-            "valid": files["valid"],
-            "test": files["test"],
-            "out": work / f"{name}_{init}_{seed}",
-            "seed": seed,
-            "settings": settings,
-            "pretrained": model_dir,
-            "max_tokens": settings["max_tokens"],
-            "evals_per_epoch": spec["evals_per_epoch"],
-            "tokenizer": spec["tokenizer"],
-            "epochs": spec["epochs"],
-            "lr": spec["lr"] if model_dir is None else spec.get("pretrained_lr", spec["lr"]),
-            "weight_decay": spec["weight_decay"],
-            "rc_augment": spec.get("rc_augment", 0.0),
-            "rc_average": spec.get("rc_average", False),
+@dataclass
+class GueTask:
+    """A GUE task's splits, as read and as written to CSVs for ``finetune``."""
+
+    name: str
+    splits: dict[str, tuple[list[str], list[int]]]
+    files: dict[str, Path]
+
+    @classmethod
+    def read(cls, name: str, data: Path, work: Path, settings: dict) -> GueTask:
+        folder = data / "gue" / name
+        rows = settings["gue"][name].get("rows")
+        splits = {
+            split: read_csv(folder / f"{source}.csv", rows)
+            for split, source in (("train", "train"), ("valid", "dev"), ("test", "test"))
         }
-        for init, model_dir in inits.items()
-        for seed in settings["seeds"]
-    ]
-    runs = run_parallel(finetune_run, calls, settings["jobs"])
-    for index, init in enumerate(inits):
-        result[init] = summarise(
-            runs[index * len(settings["seeds"]) : (index + 1) * len(settings["seeds"])]
-        )
-        margin = result[init]["mcc_mean"] - baseline
-        result[init]["above_baseline_by_more_than_2sd"] = bool(margin > 2 * result[init]["mcc_sd"])
-        result[init]["below_dnabert2_by"] = DNABERT2_MCC[name] - result[init]["mcc_mean"]
+        files = {
+            split: write_csv(work / f"{name}_{split}.csv", *values)
+            for split, values in splits.items()
+        }
+        return cls(name, splits, files)
+
+    def finetune_calls(self, init: str, model_dir: Path | None, settings: dict) -> list[dict]:
+        """One ``finetune_run`` call per seed, from scratch or from ``model_dir``."""
+        spec = settings["gue"][self.name]
+        return [
+            {
+                "train": self.files["train"],
+                "valid": self.files["valid"],
+                "test": self.files["test"],
+                "out": self.files["train"].parent / f"{self.name}_{init}_{seed}",
+                "seed": seed,
+                "settings": settings,
+                "pretrained": model_dir,
+                "max_tokens": settings["max_tokens"],
+                "evals_per_epoch": spec["evals_per_epoch"],
+                "tokenizer": spec["tokenizer"],
+                "epochs": spec["epochs"],
+                "lr": spec["lr"] if model_dir is None else spec.get("pretrained_lr", spec["lr"]),
+                "weight_decay": spec["weight_decay"],
+                "rc_augment": spec.get("rc_augment", 0.0),
+                "rc_average": spec.get("rc_average", False),
+            }
+            for seed in settings["seeds"]
+        ]
+
+    def result(self, baseline: float, runs: dict[str, list[dict]]) -> dict:
+        """Split sizes, the baseline, DNABERT-2's MCC and each initialisation's summary."""
+        result = {
+            **{f"n_{split}": len(values[0]) for split, values in self.splits.items()},
+            "baseline_kmer3to6_logreg_mcc": baseline,
+            "dnabert2_published_mcc": DNABERT2_MCC[self.name],
+        }
+        for init, init_runs in runs.items():
+            summary = summarise(init_runs)
+            margin = summary["mcc_mean"] - baseline
+            summary["above_baseline_by_more_than_2sd"] = bool(margin > 2 * summary["mcc_sd"])
+            summary["below_dnabert2_by"] = DNABERT2_MCC[self.name] - summary["mcc_mean"]
+            result[init] = summary
+            print(
+                f"{self.name} {init}: {summary['mcc_mean']:.3f} ± {summary['mcc_sd']:.3f} "
+                f"(baseline {baseline:.3f})",
+                flush=True,
+            )
+        return result
+
+
+@dataclass
+class PeptideFolds:
+    """The AMP peptide CSV after de-duplication, in stratified folds: the ``finetune_run``
+    calls and, per fold, the amino-acid k-mer (1..3) baseline's test MCC."""
+
+    n_records: int
+    n_distinct: int
+    n_used: int
+    calls: list[dict]
+    baselines: list[float]
+
+    @classmethod
+    def read(cls, data: Path, work: Path, settings: dict) -> PeptideFolds:
+        from sklearn.model_selection import StratifiedKFold
+
+        from biotransformer.io import read_sequences
+        from biotransformer.splits import deduplicate
+
+        records = list(read_sequences(data / "peptides" / "AMPvsUniProt.csv"))
+        unique = deduplicate(records, "protein")
+        order = np.random.default_rng(0).permutation(len(unique.records))
+        kept = [unique.records[i] for i in order[: settings.get("peptide_rows")]]
+        sequences = [record.sequence for record in kept]
+        labels = np.array([int(record.label) for record in kept])
+        folds = StratifiedKFold(settings["peptide_folds"], shuffle=True, random_state=0)
+        calls, baselines = [], []
+        for fold, (train_index, test_index) in enumerate(folds.split(sequences, labels)):
+            train = ([sequences[i] for i in train_index], labels[train_index].tolist())
+            test = ([sequences[i] for i in test_index], labels[test_index].tolist())
+            baselines.append(kmer_baseline(train, test, (1, 3)))
+            calls.append(
+                {
+                    "train": write_csv(work / f"peptides_train_{fold}.csv", *train),
+                    "valid": None,
+                    "test": write_csv(work / f"peptides_test_{fold}.csv", *test),
+                    "out": work / f"peptides_{fold}",
+                    "seed": 0,
+                    "settings": settings,
+                    "pretrained": None,
+                    "max_tokens": settings["peptide_max_tokens"],
+                    "evals_per_epoch": settings["peptide_evals_per_epoch"],
+                    "lr": settings["peptide_lr"],
+                    "max_steps": settings["peptide_steps"],
+                    "valid_fraction": 0.1,
+                }
+            )
+        return cls(len(records), len(unique.records), len(kept), calls, baselines)
+
+    def result(self, runs: list[dict]) -> dict:
+        baselines = np.array(self.baselines)
+        result = {
+            "n_records": self.n_records,
+            "n_distinct": self.n_distinct,
+            "n_used": self.n_used,
+            "scratch": summarise([{"fold": fold, **run} for fold, run in enumerate(runs)]),
+            "baseline_aa_kmer1to3_logreg_mcc_mean": float(baselines.mean()),
+            "baseline_aa_kmer1to3_logreg_mcc_sd": float(baselines.std(ddof=1))
+            if len(baselines) > 1
+            else 0.0,
+        }
         print(
-            f"{name} {init}: {result[init]['mcc_mean']:.3f} ± {result[init]['mcc_sd']:.3f} "
-            f"(baseline {baseline:.3f})",
+            f"peptides: {result['scratch']['mcc_mean']:.3f} ± {result['scratch']['mcc_sd']:.3f}"
+            f" (baseline {result['baseline_aa_kmer1to3_logreg_mcc_mean']:.3f})",
             flush=True,
         )
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    return result
+        return result
 
 
-def peptides(data: Path, work: Path, settings: dict) -> dict:
-    """5-fold CV on the AMP peptide CSV after de-duplication (stratified folds; the folds
-    train in parallel like the GUE runs)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from biotransformer.io import read_sequences
-    from biotransformer.splits import deduplicate
-
-    started = time.perf_counter()
-    records = list(read_sequences(data / "peptides" / "AMPvsUniProt.csv"))
-    unique = deduplicate(records, "protein")
-    order = np.random.default_rng(0).permutation(len(unique.records))
-    kept = [unique.records[i] for i in order[: settings.get("peptide_rows")]]
-    sequences = [record.sequence for record in kept]
-    labels = np.array([int(record.label) for record in kept])
-    folds = StratifiedKFold(settings["peptide_folds"], shuffle=True, random_state=0)
-    calls, baselines = [], []
-    for fold, (train_index, test_index) in enumerate(folds.split(sequences, labels)):
-        train = ([sequences[i] for i in train_index], labels[train_index].tolist())
-        test = ([sequences[i] for i in test_index], labels[test_index].tolist())
-        baselines.append(kmer_baseline(train, test, (1, 3)))
-        calls.append(
-            {
-                "train": write_csv(work / f"peptides_train_{fold}.csv", *train),
-                "valid": None,
-                "test": write_csv(work / f"peptides_test_{fold}.csv", *test),
-                "out": work / f"peptides_{fold}",
-                "seed": 0,
-                "settings": settings,
-                "pretrained": None,
-                "max_tokens": settings["peptide_max_tokens"],
-                "evals_per_epoch": settings["peptide_evals_per_epoch"],
-                "lr": settings["peptide_lr"],
-                "max_steps": settings["peptide_steps"],
-                "valid_fraction": 0.1,
-            }
-        )
-    runs = run_parallel(finetune_run, calls, settings["jobs"])
-    result = summarise([{"fold": fold, **run} for fold, run in enumerate(runs)])
-    baseline_values = np.array(baselines)
-    return {
-        "n_records": len(records),
-        "n_distinct": len(unique.records),
-        "n_used": len(kept),
-        "scratch": result,
-        "baseline_aa_kmer1to3_logreg_mcc_mean": float(baseline_values.mean()),
-        "baseline_aa_kmer1to3_logreg_mcc_sd": float(baseline_values.std(ddof=1))
-        if len(baseline_values) > 1
-        else 0.0,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
+def run_everything(
+    data: Path, work: Path, settings: dict, given: Path | None
+) -> tuple[dict, dict, str]:
+    """Every run of the benchmark through one pool of ``jobs`` workers: the pretraining runs
+    first (longest first), then the baselines, the runs from scratch and the peptide folds;
+    each task's runs from its pretrained model are queued as soon as that model is ready,
+    so no worker idles while one task still pretrains. Returns the GUE results by task, the
+    peptide result and how the pretrained models were made."""
+    tasks = {name: GueTask.read(name, data, work, settings) for name in settings["gue"]}
+    peptide = PeptideFolds.read(data, work, settings)
+    pretrain = (
+        pretrain_calls(data, work, settings)
+        if given is None and all(spec["pretrain_steps"] for spec in settings["gue"].values())
+        else {}
+    )
+    with executor(settings["jobs"]) as pool:
+        pretraining = {
+            pool.submit(timed, pretrain_tiny, **call): name
+            for name, call in sorted(pretrain.items(), key=lambda item: -item[1]["steps"])
+        }
+        baselines = {
+            name: pool.submit(kmer_baseline, task.splits["train"], task.splits["test"], (3, 6))
+            for name, task in tasks.items()
+        }
+        runs = {
+            (name, "scratch"): [
+                pool.submit(finetune_run, **call)
+                for call in task.finetune_calls("scratch", None, settings)
+            ]
+            for name, task in tasks.items()
+        }
+        peptide_runs = [pool.submit(finetune_run, **call) for call in peptide.calls]
+        seconds = {}
+        if given is not None:
+            for name, task in tasks.items():
+                calls = task.finetune_calls("pretrained", given, settings)
+                runs[name, "pretrained"] = [pool.submit(finetune_run, **c) for c in calls]
+        for future in as_completed(pretraining):
+            name = pretraining[future]
+            model_dir, seconds[name] = future.result()
+            calls = tasks[name].finetune_calls("pretrained", model_dir, settings)
+            runs[name, "pretrained"] = [pool.submit(finetune_run, **c) for c in calls]
+        results = {
+            name: task.result(
+                baselines[name].result(),
+                {
+                    init: [future.result() for future in runs[name, init]]
+                    for init in ("scratch", "pretrained")
+                    if (name, init) in runs
+                },
+            )
+            for name, task in tasks.items()
+        }
+        peptide_result = peptide.result([future.result() for future in peptide_runs])
+    if given is not None:
+        note = f"given with --pretrained: {given}"
+    elif pretrain:
+        note = pretrained_note(pretrain, seconds, settings)
+    else:
+        note = "not pretrained in smoke mode"
+    print(f"pretrained model: {note}", flush=True)
+    return results, peptide_result, note
 
 
 def versions() -> dict:
@@ -416,24 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="gue-bench-") as tmp:
-        work = Path(tmp)
-        pretrained: dict[str, Path | None] = dict.fromkeys(settings["gue"], args.pretrained)
-        pretrained_note = "given with --pretrained"
-        if args.pretrained is None and all(s["pretrain_steps"] for s in settings["gue"].values()):
-            pretrained, pretrained_note = pretrain_tasks(args.data, work, settings)
-        elif args.pretrained is None:
-            pretrained_note = "not pretrained in smoke mode"
-        print(f"pretrained model: {pretrained_note}", flush=True)
-        tasks = {
-            name: gue_task(name, args.data, work, settings, pretrained[name])
-            for name in settings["gue"]
-        }
-        peptide = peptides(args.data, work, settings)
-        print(
-            f"peptides: {peptide['scratch']['mcc_mean']:.3f} ± {peptide['scratch']['mcc_sd']:.3f}"
-            f" (baseline {peptide['baseline_aa_kmer1to3_logreg_mcc_mean']:.3f})",
-            flush=True,
-        )
+        tasks, peptide, note = run_everything(args.data, Path(tmp), settings, args.pretrained)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": {
@@ -451,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             "architecture": ARCHITECTURE,
             "schedule": "finetune's default: linear warmup over 6% of the steps, linear decay to 0",
         },
-        "pretrained": pretrained_note,
+        "pretrained": note,
         "tasks": tasks,
         "peptides": peptide,
         "wall_time_s": round(time.perf_counter() - started, 1),
