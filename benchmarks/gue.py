@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from biotransformer.baselines import kmer_baseline
+from biotransformer.baselines import kmer_baseline, kmer_baseline_scores
 
 REPO = Path(__file__).resolve().parents[1]
 DNABERT2_MCC = {"prom_300_tata": 0.7159, "tf_0": 0.7199}
@@ -137,8 +137,8 @@ def finetune_run(
     rc_augment: float = 0.0,
     rc_average: bool = False,
 ) -> dict:
-    """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test MCC,
-    validation MCC and seconds. A pretrained model keeps its own tokenizer."""
+    """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test and
+    validation MCC and AUROC, and seconds. A pretrained model keeps its own tokenizer."""
     from biotransformer.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(
@@ -175,7 +175,9 @@ def finetune_run(
             result.metrics["test"]["metrics"]["mcc"]["ci_low"],
             result.metrics["test"]["metrics"]["mcc"]["ci_high"],
         ],
+        "test_auroc": result.metrics["test"]["metrics"]["auroc"]["value"],
         "valid_mcc": result.metrics["valid"]["metrics"]["mcc"]["value"],
+        "valid_auroc": result.metrics["valid"]["metrics"]["auroc"]["value"],
         "best_step": result.best_step,
         "seconds": round(result.seconds, 1),
     }
@@ -214,11 +216,27 @@ def timed(function: Callable[..., Any], **call: Any) -> tuple[Any, float]:
 
 
 def summarise(runs: list[dict]) -> dict:
-    values = np.array([run["test_mcc"] for run in runs])
+    """Mean and sample standard deviation of test MCC and AUROC over ``runs``."""
+    summary = {}
+    for metric in ("mcc", "auroc"):
+        values = np.array([run[f"test_{metric}"] for run in runs])
+        summary[f"{metric}_mean"] = float(values.mean())
+        summary[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {**summary, "runs": runs}
+
+
+def kmer_baseline_metrics(
+    train: tuple[list[str], list[int]], test: tuple[list[str], list[int]], k: tuple[int, int]
+) -> dict[str, float]:
+    """Test MCC (arg-max decision, as ``baselines.kmer_baseline``) and AUROC of the k-mer
+    logistic-regression baseline."""
+    from sklearn.metrics import matthews_corrcoef, roc_auc_score
+
+    scores = kmer_baseline_scores(train, test[0], k)
+    predicted = np.unique(train[1])[scores.argmax(axis=1)]
     return {
-        "mcc_mean": float(values.mean()),
-        "mcc_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        "runs": runs,
+        "mcc": float(matthews_corrcoef(test[1], predicted)),
+        "auroc": float(roc_auc_score(test[1], scores[:, 1])),
     }
 
 
@@ -324,22 +342,28 @@ class GueTask:
             for seed in settings["seeds"]
         ]
 
-    def result(self, baseline: float, runs: dict[str, list[dict]]) -> dict:
-        """Split sizes, the baseline, DNABERT-2's MCC and each initialisation's summary."""
+    def result(self, baseline: dict[str, float], runs: dict[str, list[dict]]) -> dict:
+        """Split sizes, the baseline's test MCC and AUROC, DNABERT-2's MCC and each
+        initialisation's summary: above the baseline by more than 2 sd, in MCC and AUROC."""
         result = {
             **{f"n_{split}": len(values[0]) for split, values in self.splits.items()},
-            "baseline_kmer3to6_logreg_mcc": baseline,
+            "baseline_kmer3to6_logreg_mcc": baseline["mcc"],
+            "baseline_kmer3to6_logreg_auroc": baseline["auroc"],
             "dnabert2_published_mcc": DNABERT2_MCC[self.name],
         }
         for init, init_runs in runs.items():
             summary = summarise(init_runs)
-            margin = summary["mcc_mean"] - baseline
-            summary["above_baseline_by_more_than_2sd"] = bool(margin > 2 * summary["mcc_sd"])
+            margin = {metric: summary[f"{metric}_mean"] - baseline[metric] for metric in baseline}
+            summary["above_baseline_by_more_than_2sd"] = bool(margin["mcc"] > 2 * summary["mcc_sd"])
+            summary["auroc_above_baseline_by_more_than_2sd"] = bool(
+                margin["auroc"] > 2 * summary["auroc_sd"]
+            )
             summary["below_dnabert2_by"] = DNABERT2_MCC[self.name] - summary["mcc_mean"]
             result[init] = summary
             print(
-                f"{self.name} {init}: {summary['mcc_mean']:.3f} ± {summary['mcc_sd']:.3f} "
-                f"(baseline {baseline:.3f})",
+                f"{self.name} {init}: MCC {summary['mcc_mean']:.3f} ± {summary['mcc_sd']:.3f} "
+                f"(baseline {baseline['mcc']:.3f}), AUROC {summary['auroc_mean']:.3f} ± "
+                f"{summary['auroc_sd']:.3f} (baseline {baseline['auroc']:.3f})",
                 flush=True,
             )
         return result
@@ -434,7 +458,9 @@ def run_everything(
             for name, call in sorted(pretrain.items(), key=lambda item: -item[1]["steps"])
         }
         baselines = {
-            name: pool.submit(kmer_baseline, task.splits["train"], task.splits["test"], (3, 6))
+            name: pool.submit(
+                kmer_baseline_metrics, task.splits["train"], task.splits["test"], (3, 6)
+            )
             for name, task in tasks.items()
         }
         runs = {

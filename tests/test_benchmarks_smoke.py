@@ -83,8 +83,9 @@ def test_gue_benchmark_smoke(repo_root, shared_data, tmp_path):
     for name in ("prom_300_tata", "tf_0"):
         task = result["tasks"][name]
         for init in ("scratch", "pretrained"):  # pretrained: queued after its pretraining
-            assert {"mcc_mean", "mcc_sd", "runs"} <= set(task[init])
+            assert {"mcc_mean", "mcc_sd", "auroc_mean", "auroc_sd", "runs"} <= set(task[init])
         assert -1.0 <= task["baseline_kmer3to6_logreg_mcc"] <= 1.0
+        assert "baseline_kmer3to6_logreg_auroc" in task  # NaN when a tiny test split has one class
         assert task["dnabert2_published_mcc"] > 0.7
     assert result["peptides"]["n_distinct"] == 4642
     assert "prom_300_tata 2 steps" in result["pretrained"]
