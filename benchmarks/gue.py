@@ -498,7 +498,7 @@ def run_everything(
     elif pretrain:
         note = pretrained_note(pretrain, seconds, settings)
     else:
-        note = "not pretrained in smoke mode"
+        note = "not pretrained: a task's pretrain_steps is 0"
     print(f"pretrained model: {note}", flush=True)
     return results, peptide_result, note
 
