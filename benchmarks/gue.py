@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from biotransformer.baselines import kmer_baseline, kmer_baseline_scores
+from biotransformer.baselines import kmer_baseline, kmer_baseline_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DNABERT2_MCC = {"prom_300_tata": 0.7159, "tf_0": 0.7199}
@@ -223,21 +223,6 @@ def summarise(runs: list[dict]) -> dict:
         summary[f"{metric}_mean"] = float(values.mean())
         summary[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return {**summary, "runs": runs}
-
-
-def kmer_baseline_metrics(
-    train: tuple[list[str], list[int]], test: tuple[list[str], list[int]], k: tuple[int, int]
-) -> dict[str, float]:
-    """Test MCC (arg-max decision, as ``baselines.kmer_baseline``) and AUROC of the k-mer
-    logistic-regression baseline."""
-    from sklearn.metrics import matthews_corrcoef, roc_auc_score
-
-    scores = kmer_baseline_scores(train, test[0], k)
-    predicted = np.unique(train[1])[scores.argmax(axis=1)]
-    return {
-        "mcc": float(matthews_corrcoef(test[1], predicted)),
-        "auroc": float(roc_auc_score(test[1], scores[:, 1])),
-    }
 
 
 def pretrain_tiny(out: Path, steps: int, fasta: Path, tokenizer: str, dropout: float) -> Path:

@@ -29,11 +29,20 @@ def kmer_baseline_scores(
     return pipeline.predict_proba(list(test_sequences))
 
 
-def kmer_baseline(train: Split, test: Split, k: tuple[int, int] = (3, 6)) -> float:
-    """Test MCC of the k-mer count + logistic-regression baseline (see
-    ``kmer_baseline_scores``); ``train`` and ``test`` are (sequences, labels)."""
-    from sklearn.metrics import matthews_corrcoef
+def kmer_baseline_metrics(train: Split, test: Split, k: tuple[int, int] = (3, 6)) -> dict:
+    """Test ``mcc`` (arg-max decision) and, for two classes, ``auroc`` of the k-mer count +
+    logistic-regression baseline (see ``kmer_baseline_scores``); ``train`` and ``test`` are
+    (sequences, labels)."""
+    from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
     classes = np.unique(np.asarray(train[1]))
     scores = kmer_baseline_scores(train, test[0], k)
-    return float(matthews_corrcoef(list(test[1]), classes[scores.argmax(axis=1)]))
+    metrics = {"mcc": float(matthews_corrcoef(list(test[1]), classes[scores.argmax(axis=1)]))}
+    if len(classes) == 2:
+        metrics["auroc"] = float(roc_auc_score(list(test[1]), scores[:, 1]))
+    return metrics
+
+
+def kmer_baseline(train: Split, test: Split, k: tuple[int, int] = (3, 6)) -> float:
+    """Test MCC of the k-mer count + logistic-regression baseline (``kmer_baseline_metrics``)."""
+    return kmer_baseline_metrics(train, test, k)["mcc"]

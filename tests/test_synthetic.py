@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from biotransformer import synthetic
-from biotransformer.baselines import kmer_baseline, kmer_baseline_scores
+from biotransformer.baselines import kmer_baseline, kmer_baseline_metrics, kmer_baseline_scores
 from biotransformer.io import read_sequences
 
 SMALL = {"train": 60, "valid": 10, "test": 20}
@@ -80,6 +80,7 @@ def test_kmer_baseline_separates_what_kmer_counts_see():
 
     train, test = sample(80), sample(40)
     assert kmer_baseline(train, test) == 1.0
+    assert kmer_baseline_metrics(train, test) == {"mcc": 1.0, "auroc": 1.0}
     scores = kmer_baseline_scores(train, test[0])
     assert scores.shape == (40, 2)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0)
