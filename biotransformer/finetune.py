@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -39,13 +38,13 @@ import torch
 import yaml
 from accelerate.utils import broadcast_object_list, set_seed
 
-from biotransformer.atomic import atomic_directory, atomic_write
+from biotransformer.atomic import atomic_directory, atomic_write, json_text, write_json
 from biotransformer.checkpointing import Checkpointer, resolve_resume
 from biotransformer.config import ModelConfig, TrainingConfig, _suggest
 from biotransformer.data.collator import PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, load_model
+from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, MODEL_FILES, load_model
 from biotransformer.inference import (
     TASK_FILE,
     RecordDataset,
@@ -71,6 +70,7 @@ from biotransformer.lora import (
 )
 from biotransformer.memory import preflight
 from biotransformer.metrics import tune_threshold
+from biotransformer.outputs import claim_run_directory, holds_files
 from biotransformer.report import write_report
 from biotransformer.splits import deduplicate, leakage_report, split_records
 from biotransformer.strands import (
@@ -153,7 +153,9 @@ class FinetuneConfig:
     LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
     into ``output_dir/model``.
     ``resume`` (``latest`` or a checkpoint folder) continues a run from its checkpoints
-    (``training.save_every``, ``training.keep_last``); they are removed when the run ends."""
+    (``training.save_every``, ``training.keep_last``); they are removed when the run ends.
+    ``overwrite`` replaces an earlier run in ``output_dir`` (only the files it recorded as
+    written; see ``outputs``): without it, a finished run there is refused."""
 
     train: str
     output_dir: str
@@ -186,6 +188,7 @@ class FinetuneConfig:
     bootstrap: int = 1000
     plots: bool = True
     resume: str | None = None
+    overwrite: bool = False
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(lr=3e-4, schedule="linear", min_lr_ratio=0.0)
     )
@@ -539,12 +542,12 @@ def build_model(
 
 def save_model_directory(model: torch.nn.Module, directory: Path, task: Mapping[str, Any]) -> None:
     """The model directory plus ``task.json``, replaced as a whole."""
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, replaces=MODEL_FILES) as staging:
         model.save_pretrained(staging / "model")
         for item in (staging / "model").iterdir():
             item.rename(staging / item.name)
         (staging / "model").rmdir()
-        (staging / TASK_FILE).write_text(json.dumps(dict(task), indent=2) + "\n")
+        (staging / TASK_FILE).write_text(json_text(dict(task)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,13 +605,37 @@ def _valid_loss(task: str, truth: np.ndarray, logits: np.ndarray, model: Any) ->
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune, select on validation, evaluate the test split once; see the module doc."""
-
+    """Fine-tune, select on validation, evaluate the test split once; see the module doc.
+    ``output_dir`` is claimed for the run first (``outputs.claim_run_directory``)."""
     config.validate()
+    accelerator = make_accelerator(config.training, project_dir=config.output_dir)
+    with claim_run_directory(
+        config.output_dir,
+        command="finetune",
+        inputs=finetune_inputs(config),
+        overwrite=config.overwrite,
+        resume=config.resume is not None,
+        resumable=True,
+        recognise=holds_files("run.json", "config.yaml"),
+        accelerator=accelerator,
+    ) as run:
+        result = _finetune(config, accelerator)
+        run.status = result.outcome
+        return result
+
+
+def finetune_inputs(config: FinetuneConfig) -> list[str | None]:
+    """The files and directories a fine-tune reads: never inside its output directory."""
+    base = config.model_dir
+    if base is not None:
+        base = base.split(":", 1)[1] if base.startswith(("hf:", "fair-esm:")) else base
+    return [config.train, config.valid, config.test, config.read.labels_file, base]
+
+
+def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     training = dataclasses.replace(config.training, output_dir=str(output_dir))
-    accelerator = make_accelerator(training, project_dir=output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     resume_from = resolve_resume(config.resume, checkpoint_dir)
 
@@ -772,8 +799,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             "parameters": parameters,
             "splits": dataclasses.asdict(report),
         }
-        with atomic_write(output_dir / "run.json") as handle:
-            json.dump(run_info, handle, indent=2)
+        write_json(output_dir / "run.json", run_info)
     context = LoopContext(
         checkpointer=checkpointer,
         log=log,
@@ -801,8 +827,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         elapsed = time.perf_counter() - started
         if accelerator.is_main_process:
             metrics["seconds"] = elapsed
-            with atomic_write(output_dir / "metrics.json") as handle:
-                json.dump(metrics, handle, indent=2)
+            write_json(output_dir / "metrics.json", metrics)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete
         accelerator.wait_for_everyone()
     finally:
@@ -852,8 +877,7 @@ def final_evaluation(
         tuned = tune_threshold(truth, scores, "mcc")
         task.threshold = tuned.tolist() if isinstance(tuned, np.ndarray) else float(tuned)
         if accelerator.is_main_process:
-            with atomic_write(model_dir / TASK_FILE) as handle:
-                json.dump(task.to_dict(), handle, indent=2)
+            write_json(model_dir / TASK_FILE, task.to_dict())
     output_dir = Path(config.output_dir)
     metrics: dict[str, Any] = {
         "task": config.task,

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from biotransformer import __version__
-from biotransformer.atomic import atomic_directory, restore_interrupted_directory
+from biotransformer.atomic import atomic_directory, json_text, restore_interrupted_directory
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+TASK_FILE = "task.json"
+# Everything a model directory holds: an existing one is replaced only if it holds these alone.
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TASK_FILE)
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
 POOLINGS = ("cls", "mean", "max", "attention")
@@ -237,7 +240,8 @@ class BioTransformerModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Any = None) -> Path:
         """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json`` when a tokenizer
-        is given) into ``directory`` atomically, replacing what was there."""
+        is given) into ``directory`` atomically, replacing an earlier model directory there
+        (one that holds nothing but model files: anything else is refused)."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             raise ConfigError(
@@ -256,8 +260,8 @@ class BioTransformerModel(nn.Module):
             for key, value in self.state_dict().items()
             if key not in self.tied_weight_keys
         }
-        with atomic_directory(directory) as staging:
-            (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        with atomic_directory(directory, replaces=MODEL_FILES) as staging:
+            (staging / CONFIG_FILE).write_text(json_text(document))
             save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
             if tokenizer is not None:
                 tokenizer.save(staging)

@@ -21,7 +21,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,16 +31,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import atomic_path
 from biotransformer.data.collator import IGNORE_INDEX, MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
+from biotransformer.heads import TASK_FILE
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
+from biotransformer.outputs import text_output
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
 from biotransformer.windows import WindowOptions, WindowPlan, plan_windows, tokens_to_bases
 
-TASK_FILE = "task.json"
 TASKS = ("classification", "multilabel", "regression", "token-classification", "masked-lm")
 ENCODE_CHUNK = 2048
 
@@ -441,14 +441,15 @@ def _format_number(value: float) -> str:
 
 def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]) -> Path:
     """``id``, ``prediction``, then ``prob_<label>`` per class (classification, multilabel)
-    or ``value`` (regression), one row per record in input order; written atomically."""
+    or ``value`` (regression), one row per record in input order; written atomically
+    (``-``: standard output)."""
     task = predictions.task
     header = ["id", "prediction"]
     if task.task in ("classification", "multilabel"):
         header += [f"prob_{label}" for label in task.labels]
     elif task.task == "regression":
         header += ["value"]
-    with atomic_write(path, "w", newline="") as handle:
+    with text_output(path, newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(header)
         for n, (record_id, predicted) in enumerate(
@@ -803,26 +804,15 @@ def write_embeddings_h5(
     per token, ``tokens`` and ``offsets``; attribute ``layers``. Written aside, then renamed."""
     import h5py
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        with h5py.File(staging, "w") as handle:
-            handle.create_dataset("embeddings", data=embeddings.pooled)
-            handle.create_dataset(
-                "ids", data=embeddings.ids, dtype=h5py.string_dtype(encoding="utf-8")
-            )
-            if embeddings.tokens is not None:
-                handle.create_dataset("tokens", data=embeddings.tokens)
-                handle.create_dataset("offsets", data=embeddings.offsets)
-            if embeddings.windows is not None:
-                handle.create_dataset("windows", data=embeddings.windows)
-            handle.attrs["layers"] = np.asarray(embeddings.layers, dtype=np.int64)
-            for key, value in attributes.items():
-                handle.attrs[key] = value
-        os.replace(staging, target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_path(path) as staging, h5py.File(staging, "w") as handle:
+        handle.create_dataset("embeddings", data=embeddings.pooled)
+        handle.create_dataset("ids", data=embeddings.ids, dtype=h5py.string_dtype(encoding="utf-8"))
+        if embeddings.tokens is not None:
+            handle.create_dataset("tokens", data=embeddings.tokens)
+            handle.create_dataset("offsets", data=embeddings.offsets)
+        if embeddings.windows is not None:
+            handle.create_dataset("windows", data=embeddings.windows)
+        handle.attrs["layers"] = np.asarray(embeddings.layers, dtype=np.int64)
+        for key, value in attributes.items():
+            handle.attrs[key] = value
+    return Path(path)

@@ -10,7 +10,6 @@ our fused ``qkv``, and every other tensor keeps its shape. Nothing here touches 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pickle
@@ -19,10 +18,11 @@ from typing import Any
 
 import torch
 
-from biotransformer.atomic import atomic_directory
+from biotransformer.atomic import atomic_directory, json_text
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.heads import (
+    MODEL_FILES,
     BioTransformerModel,
     LabelHeadConfig,
     MaskedLM,
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 HF_VOCAB_FILE = "vocab.txt"
 TOKENIZER_COPY = "biotransformer_tokenizer.json"
+HF_FILES = ("generation_config.json", HF_VOCAB_FILE, TOKENIZER_COPY)  # besides MODEL_FILES
 ESM_MASK_RATIO_TRAIN = 0.15 * 0.8  # ESM's <mask> share in pretraining, used by token dropout
 HF_CLASSES = {
     "EsmForMaskedLM": MaskedLM,
@@ -451,11 +452,11 @@ def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path
             f"HF ESM weights do not match: missing {missing}, unexpected {unexpected}"
         )
     tokenizer = model.tokenizer
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, replaces=(*MODEL_FILES, *HF_FILES)) as staging:
         hf_model.save_pretrained(staging)
         if tokenizer is not None:
             (staging / HF_VOCAB_FILE).write_text("\n".join(tokenizer.tokens) + "\n")
-            (staging / TOKENIZER_COPY).write_text(json.dumps(tokenizer.to_dict(), indent=1))
+            (staging / TOKENIZER_COPY).write_text(json_text(tokenizer.to_dict(), indent=1))
     return Path(directory)
 
 

@@ -20,13 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from biotransformer.atomic import atomic_directory
+from biotransformer.atomic import atomic_directory, json_text
 from biotransformer.errors import ConfigError, ModelDirectoryError
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
 TARGETS = ("qkv", "out", "up", "down")
 
 
@@ -120,8 +121,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     settings = getattr(model, "lora_settings", None)
     if settings is None:
         raise ConfigError("this model has no LoRA adapters: call apply_lora first")
-    with atomic_directory(directory) as staging:
-        (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    with atomic_directory(directory, replaces=ADAPTER_FILES) as staging:
+        (staging / ADAPTER_CONFIG_FILE).write_text(json_text(asdict(settings)))
         save_file(trainable_state_dict(model), staging / ADAPTER_WEIGHTS_FILE)
     return Path(directory)
 

@@ -17,15 +17,15 @@ one report. The output directory::
                      held-out loss, the MCC margin, seconds per stage
     report.html      every number and plot on one page
 
-A rerun with the same output directory replaces the previous run's ``data/``, ``pretrain/``
-and ``finetune/`` (a pretraining directory with checkpoints would otherwise be resumed).
+The output directory is claimed first (``outputs.claim_run_directory``): a directory that
+holds files of the user's, or ``--data``, is refused; a previous quickstart run there is
+replaced only with ``overwrite`` (``--overwrite``), which removes just the files that run wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from biotransformer import plots, synthetic
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import write_json
 from biotransformer.baselines import kmer_baseline_scores
 from biotransformer.config import run_config_from_dict
 from biotransformer.errors import ConfigError
@@ -42,6 +42,7 @@ from biotransformer.finetune import FinetuneConfig, ReadOptions, finetune, read_
 from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.metrics import evaluate_predictions
+from biotransformer.outputs import RunDirectory, claim_run_directory
 from biotransformer.report import metrics_table, plot_attention_of, plot_embeddings_of
 from biotransformer.splits import split_records
 from biotransformer.train import pretrain
@@ -65,7 +66,7 @@ KMER_RANGE = (3, 6)
 class QuickstartConfig:
     """What one quickstart run does. ``data`` is a labelled FASTA/CSV/TSV of the user's
     (read with ``read``) instead of the synthetic task; ``model`` the tiny encoder's
-    ModelConfig fields."""
+    ModelConfig fields; ``overwrite`` replaces a previous quickstart run in ``output_dir``."""
 
     output_dir: str = "quickstart-run"
     seed: int = 0
@@ -75,6 +76,7 @@ class QuickstartConfig:
     finetune_epochs: float = 1.5
     bootstrap: int = 1000
     model: dict[str, Any] = field(default_factory=lambda: dict(MODEL))
+    overwrite: bool = False
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad value."""
@@ -189,13 +191,44 @@ def _baseline(
     return result
 
 
+# What a quickstart run writes into its output directory (report.html's images included).
+OUTPUTS = (
+    "data",
+    "pretrain",
+    "finetune",
+    "metrics.json",
+    "report.html",
+    "embeddings_pca.png",
+    "attention.png",
+)
+
+
 def quickstart(config: QuickstartConfig) -> QuickstartResult:
     """Data, pretraining, fine-tuning, test evaluation, baseline and report; see module doc."""
     config.validate()
+    with claim_run_directory(
+        config.output_dir,
+        command="quickstart",
+        inputs=[config.data, config.read.labels_file],
+        overwrite=config.overwrite,
+    ) as run:
+        _refuse_user_files_in_the_way(run)
+        return _quickstart(config, run.path)
+
+
+def _refuse_user_files_in_the_way(run: RunDirectory) -> None:
+    """Refuse, before any work, files of the user's where the run writes its own."""
+    mine = [name for name in run.record["kept"] if name.split("/")[0] in OUTPUTS]
+    if mine:
+        raise ConfigError(
+            f"--out {run.path}: the quickstart writes {', '.join(OUTPUTS)} there, and "
+            f"{', '.join(mine[:3])} {'is' if len(mine) == 1 else 'are'} not from a quickstart "
+            "run. Fix: give --out a new or empty directory"
+        )
+
+
+def _quickstart(config: QuickstartConfig, out: Path) -> QuickstartResult:
     started = time.perf_counter()
-    out = Path(config.output_dir)
-    for previous in ("data", "pretrain", "finetune"):
-        shutil.rmtree(out / previous, ignore_errors=True)
     seconds: dict[str, float] = {}
 
     task, splits = _labelled_splits(config)
@@ -246,8 +279,7 @@ def quickstart(config: QuickstartConfig) -> QuickstartResult:
         "config": dataclasses.asdict(config),
         "seconds": {**seconds, "total": time.perf_counter() - started},
     }
-    with atomic_write(out / "metrics.json") as handle:
-        json.dump(metrics, handle, indent=2)
+    write_json(out / "metrics.json", metrics)
     report = write_quickstart_report(out, metrics)
     return QuickstartResult(
         output_dir=out,

@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 
 from biotransformer import plots
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import write_json
 from biotransformer.errors import InputError
 from biotransformer.inference import decide, embed_records, label_targets
 from biotransformer.io import SequenceRecord
@@ -175,8 +175,7 @@ def write_pretrain_report(output_dir: str | Path) -> Path:
                 if key.startswith("valid_")
             },
         }
-    with atomic_write(output_dir / "metrics.json") as handle:
-        json.dump(metrics, handle, indent=2)
+    write_json(output_dir / "metrics.json", metrics)
     return plots.write_report_html(
         output_dir / "report.html",
         title=PRETRAIN_TITLE,

@@ -17,8 +17,10 @@ classification, the target label's logit for multilabel, the value for regressio
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,16 +173,46 @@ def explain(
     )
 
 
-def _file_stem(record_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", record_id) or "record"
+MAX_STEM = 120  # bytes: the stem plus ".heatmap.png" stays far below the 255-byte name limit
+INDEX_FILE = "index.tsv"
 
 
-def write_saliency(result: Saliency, directory: str | os.PathLike[str]) -> list[Path]:
-    """``<id>.ism.tsv`` (position, reference letter, gradient x input, one column per
-    letter), ``<id>.heatmap.png`` and ``<id>.logo.png`` in ``directory``."""
+def file_stem(record_id: str, taken: Collection[str] = ()) -> str:
+    """A file name stem for ``record_id``: the id itself when it is a safe name (letters,
+    digits, ``.``, ``_``, ``-``; no leading dot) of at most ``MAX_STEM`` characters, else its
+    safe characters (truncated) plus a hash of the id, so distinct ids get distinct stems;
+    ``-2``, ``-3``... when a stem is in ``taken`` (the same id twice)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", record_id).lstrip(".")
+    stem = safe
+    if safe != record_id or not safe or len(safe) > MAX_STEM:
+        digest = hashlib.sha256(record_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        stem = f"{safe[: MAX_STEM - 11] or 'record'}-{digest}"
+    unique, n = stem, 1
+    while unique in taken:
+        n += 1
+        unique = f"{stem}-{n}"
+    return unique
+
+
+def write_saliency_index(rows: list[tuple[str, str]], directory: str | os.PathLike[str]) -> Path:
+    """``index.tsv``: each explained record's id and the stem of its files."""
+    path = Path(directory) / INDEX_FILE
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["id", "files"])
+        writer.writerows(rows)
+    return path
+
+
+def write_saliency(
+    result: Saliency, directory: str | os.PathLike[str], stem: str | None = None
+) -> list[Path]:
+    """``STEM.ism.tsv`` (position, reference letter, gradient x input, one column per
+    letter), ``STEM.heatmap.png`` and ``STEM.logo.png`` in ``directory``; ``stem`` defaults
+    to ``file_stem(result.id)``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    stem = _file_stem(result.id)
+    stem = stem or file_stem(result.id)
     table = directory / f"{stem}.ism.tsv"
     with atomic_write(table, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")

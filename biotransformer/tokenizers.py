@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import write_json
 from biotransformer.errors import ConfigError, InputError
 
 FORMAT = "biotransformer-tokenizer"
@@ -800,9 +800,7 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``directory/tokenizer.json`` atomically; returns its path."""
         path = Path(directory) / FILENAME
-        with atomic_write(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
-            handle.write("\n")
+        write_json(path, self.to_dict(), indent=1)
         return path
 
     @classmethod

@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import atomic_write, write_json
 from biotransformer.checkpointing import Checkpointer, latest_checkpoint, resolve_resume
 from biotransformer.config import DataConfig, RunConfig, TrainingConfig
 from biotransformer.data.collator import MaskingCollator
@@ -58,6 +58,7 @@ from biotransformer.environment import versions
 from biotransformer.errors import BioTransformerError, ConfigError
 from biotransformer.heads import MaskedLM
 from biotransformer.memory import preflight
+from biotransformer.outputs import claim_run_directory, holds_files
 from biotransformer.tokenizers import Tokenizer, canonical_spec, parse_spec
 
 IGNORE_INDEX = -100
@@ -581,17 +582,43 @@ class PretrainResult:
     model: nn.Module
 
 
-def pretrain(config: RunConfig, *, resume: str | os.PathLike[str] | None = None) -> PretrainResult:
+def pretrain(
+    config: RunConfig,
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> PretrainResult:
     """Masked-LM pretraining of ``config`` under Accelerate (one or many processes).
 
     FASTA inputs are prepared into ``<output_dir>/data`` first (once). ``resume`` is None
     (a new run), ``"latest"`` or a checkpoint folder. Writes ``config.yaml``, ``run.json``,
     ``log.jsonl``, ``checkpoints/step-XXXXXXXX/`` and, at the end, the model directory
     ``model/`` and the run report (``metrics.json``, curves as PNG, ``report.html``).
+    ``training.output_dir`` is claimed for the run first (``outputs.claim_run_directory``);
+    ``overwrite`` replaces an earlier run there (only the files it recorded as written).
     """
+    accelerator = make_accelerator(config.training, project_dir=config.training.output_dir)
+    with claim_run_directory(
+        config.training.output_dir,
+        command="pretrain",
+        flag="training.output_dir",
+        inputs=[*(config.data.train_files or []), config.data.shard_dir],
+        overwrite=overwrite,
+        resume=resume is not None,
+        resumable=True,
+        recognise=holds_files("run.json", "config.yaml"),
+        accelerator=accelerator,
+    ) as run:
+        result = _pretrain(config, resume, accelerator)
+        run.status = result.outcome
+        return result
+
+
+def _pretrain(
+    config: RunConfig, resume: str | os.PathLike[str] | None, accelerator: Accelerator
+) -> PretrainResult:
     data, training = config.data, config.training
     output_dir = Path(training.output_dir)
-    accelerator = make_accelerator(training, project_dir=output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     resume_from = resolve_resume(resume, checkpoint_dir)
 
@@ -777,8 +804,7 @@ def _write_run_files(accelerator: Accelerator, config: RunConfig, output_dir: Pa
         with atomic_write(output_dir / "config.yaml") as handle:
             yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
         info = {**provenance(config.training.seed), "num_processes": accelerator.num_processes}
-        with atomic_write(output_dir / "run.json") as handle:
-            json.dump(info, handle, indent=2)
+        write_json(output_dir / "run.json", info)
     accelerator.wait_for_everyone()
 
 

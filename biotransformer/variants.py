@@ -53,9 +53,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from biotransformer.atomic import atomic_write
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord, read_sequences
+from biotransformer.outputs import text_output
 from biotransformer.windows import first_window_size
 
 METHODS = ("masked_marginal", "wt_marginal", "pll_diff")
@@ -570,8 +570,9 @@ def score_head(
 def write_scores_tsv(
     variants: Sequence[Variant], scores: dict[str, np.ndarray], path: str | os.PathLike[str]
 ) -> Path:
-    """``id``, ``record``, ``mutations`` (``A42G:L45P``) and one column per score."""
-    with atomic_write(path, "w", newline="") as handle:
+    """``id``, ``record``, ``mutations`` (``A42G:L45P``) and one column per score
+    (``-``: standard output)."""
+    with text_output(path, newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["id", "record", "mutations", *scores])
         for i, variant in enumerate(variants):

@@ -16,7 +16,7 @@ from biotransformer.finetune import FinetuneConfig, finetune
 from biotransformer.heads import SequenceClassifier, SequenceRegressor, load_model
 from biotransformer.inference import TASK_FILE, load_task, predict_records, task_of_model
 from biotransformer.io import SequenceRecord
-from biotransformer.saliency import explain, saturation_mutagenesis, write_saliency
+from biotransformer.saliency import explain, file_stem, saturation_mutagenesis, write_saliency
 from biotransformer.tokenizers import Tokenizer
 
 MOTIF = "GGATCA"
@@ -55,7 +55,9 @@ def test_explain_writes_tables_and_plots(tmp_path):
     assert result.letters == "ACDEFGHIKLMNPQRSTVWY" and result.ism.shape == (10, 20)
     assert result.gradient_x_input.shape == (10,) and np.isfinite(result.gradient_x_input).all()
     paths = write_saliency(result, tmp_path)
-    assert [p.name for p in paths] == ["p_1.ism.tsv", "p_1.heatmap.png", "p_1.logo.png"]
+    stem = file_stem("p|1")  # '|' is not kept in a file name: safe letters plus a hash
+    assert stem.startswith("p_1-") and stem != file_stem("p_1") == "p_1"
+    assert [p.name for p in paths] == [f"{stem}.ism.tsv", f"{stem}.heatmap.png", f"{stem}.logo.png"]
     rows = list(csv.reader(paths[0].open(), delimiter="\t"))
     assert rows[0][:3] == ["position", "ref", "gradient_x_input"] and len(rows) == 11
     assert all(p.stat().st_size > 1000 for p in paths[1:])
@@ -87,13 +89,16 @@ def test_saliency_command(tmp_path):
     argv = ["saliency", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.fa")]
     assert main([*argv, "--out", str(out), "--target", "yes"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".biotransformer-run.json",
         "a.heatmap.png",
         "a.ism.tsv",
         "a.logo.png",
         "b.heatmap.png",
         "b.ism.tsv",
         "b.logo.png",
+        "index.tsv",
     ]
+    assert (out / "index.tsv").read_text() == "id\tfiles\na\ta\nb\tb\n"
 
 
 def motif_rows(n: int, rng: np.random.Generator) -> list[tuple[str, int]]:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from biotransformer.outputs import add_overwrite_option, check_model_directory_output
+
 SOURCES = ("hf", "fair-esm", "biotransformer")
 TARGETS = ("biotransformer", "hf")
 
@@ -31,7 +33,13 @@ def register(subparsers: Any) -> None:
         "directory), fair-esm (.pt file) or biotransformer (model directory)",
     )
     parser.add_argument("path", metavar="PATH", help="the checkpoint directory or file")
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="directory to write: new or empty, or an earlier model directory with --overwrite",
+    )
+    add_overwrite_option(parser)
     parser.add_argument(
         "--to",
         choices=TARGETS,
@@ -44,8 +52,14 @@ def register(subparsers: Any) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     from biotransformer import interop
-    from biotransformer.heads import load_model
+    from biotransformer.heads import MODEL_FILES, load_model
 
+    check_model_directory_output(
+        args.out,
+        owned=(*MODEL_FILES, *interop.HF_FILES),
+        inputs=[args.path],
+        overwrite=args.overwrite,
+    )
     if args.source == "hf":
         model = interop.from_hf(args.path)
     elif args.source == "fair-esm":

@@ -12,6 +12,7 @@ from biotransformer.cli.common import (
     read_input_records,
     window_options,
 )
+from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="any model directory")
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
     parser.add_argument("--out", required=True, metavar="FILE.h5", help="HDF5 output")
+    add_overwrite_option(parser)
     parser.add_argument(
         "--per-token", action="store_true", help="also store every token's embedding"
     )
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Embed and write the HDF5 file."""
     from biotransformer.inference import embed_records, is_main, write_embeddings_h5
 
+    check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     accelerator, model = load_launched_model(args)
     records = read_input_records(args, model)
     embeddings = embed_records(

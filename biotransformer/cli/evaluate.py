@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
+from biotransformer.atomic import json_text
 from biotransformer.cli.common import (
     add_max_tokens_option,
     add_window_options,
@@ -15,7 +14,13 @@ from biotransformer.cli.common import (
     window_options,
 )
 from biotransformer.cli.finetune import add_label_options
-from biotransformer.errors import InputError
+from biotransformer.errors import ConfigError, InputError
+from biotransformer.outputs import (
+    add_overwrite_option,
+    check_output_file,
+    claim_run_directory,
+    text_output,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,11 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics-out",
         metavar="FILE.json",
-        help="write the metrics as JSON here (default: print them)",
+        help="write the metrics as JSON here ('-' or none: print them)",
     )
     parser.add_argument(
         "--predictions-out", metavar="FILE.tsv", help="also write the predictions as TSV"
     )
+    add_overwrite_option(parser, "--metrics-out, --predictions-out or --report-dir")
     parser.add_argument(
         "--report-dir",
         metavar="DIR",
@@ -68,6 +74,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the outputs, claim --report-dir (when given) for the run, evaluate."""
+    inputs = [args.model, args.data, args.labels_file]
+    files = {"--metrics-out": args.metrics_out, "--predictions-out": args.predictions_out}
+    given = {flag: path for flag, path in files.items() if path is not None}
+    for flag, path in given.items():
+        check_output_file(
+            path,
+            flag=flag,
+            inputs=[*inputs, args.report_dir],
+            overwrite=args.overwrite,
+            allow_stdout=flag == "--metrics-out",
+        )
+    if len(given) == 2 and Path(args.metrics_out).resolve() == Path(args.predictions_out).resolve():
+        raise ConfigError(
+            f"--metrics-out and --predictions-out are the same file ({args.metrics_out}). "
+            "Fix: give them different names"
+        )
+    if args.report_dir is None:
+        return evaluate(args, None)
+    from biotransformer.inference import launched_accelerator
+
+    with claim_run_directory(
+        args.report_dir,
+        command="evaluate",
+        flag="--report-dir",
+        inputs=inputs,
+        overwrite=args.overwrite,
+        accelerator=launched_accelerator(),
+    ) as report:
+        return evaluate(args, report.path)
+
+
+def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     """Evaluate and write or print the metrics."""
     from biotransformer.finetune import ReadOptions, read_labelled
     from biotransformer.inference import evaluate_records, is_main, write_predictions_tsv
@@ -108,16 +147,10 @@ def run(args: argparse.Namespace) -> int:
     if not is_main(accelerator):
         return 0
     metrics = {"model": str(args.model), "data": str(args.data), "seed": args.seed, **metrics}
-    text = json.dumps(metrics, indent=2)
-    if args.metrics_out:
-        from biotransformer.atomic import atomic_write
-
-        with atomic_write(args.metrics_out) as handle:
-            handle.write(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+    with text_output(args.metrics_out) as handle:
+        handle.write(json_text(metrics))
     if predictions is not None and args.predictions_out:
         write_predictions_tsv(predictions, args.predictions_out)
-    if args.report_dir:
-        write_report(Path(args.report_dir), task, records, predictions, {"data": metrics})
+    if report_dir is not None:
+        write_report(report_dir, task, records, predictions, {"data": metrics})
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from biotransformer.cli.common import column
 from biotransformer.errors import ConfigError
+from biotransformer.outputs import add_overwrite_option
 
 TASK_CHOICES = ("classification", "multilabel", "regression", "token-classification")
 
@@ -94,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: classification)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_overwrite_option(parser)
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -256,6 +258,7 @@ def build_config(args: argparse.Namespace) -> object:
         test_fraction=args.test_fraction,
         bootstrap=args.bootstrap,
         resume=args.resume,
+        overwrite=args.overwrite,
         read=ReadOptions(
             sequence_column=args.sequence_column,
             label_column=args.label_column,

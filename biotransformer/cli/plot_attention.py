@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.outputs import add_overwrite_option, check_output_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``plot-attention`` command."""
@@ -23,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--input", metavar="FILE", help="a FASTA/CSV/TSV file whose first record is used"
     )
     parser.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    add_overwrite_option(parser)
     parser.add_argument(
         "--layer",
         type=int,
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.io import read_sequences
     from biotransformer.report import plot_attention_of
 
+    check_output_file(args.out, inputs=[args.model, args.input], overwrite=args.overwrite)
     model = load_model(args.model, require_tokenizer=True)
     if args.sequence is not None:
         sequence = args.sequence

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.common import add_max_tokens_option, column
+from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences, labels optional"
     )
     parser.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    add_overwrite_option(parser)
     parser.add_argument(
         "--sequence-column",
         type=column,
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.io import read_sequences
     from biotransformer.report import plot_embeddings_of
 
+    check_output_file(args.out, inputs=[args.model, args.data], overwrite=args.overwrite)
     model = load_model(args.model, require_tokenizer=True)
     records = list(
         read_sequences(

@@ -13,6 +13,7 @@ from biotransformer.cli.common import (
     read_input_records,
     window_options,
 )
+from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
-    parser.add_argument("--out", required=True, metavar="FILE.tsv", help="predictions TSV")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.tsv",
+        help="predictions TSV ('-': standard output)",
+    )
+    add_overwrite_option(parser)
     add_column_options(parser)
     parser.add_argument(
         "--threshold",
@@ -46,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write the TSV."""
     from biotransformer.inference import is_main, predict_records, write_predictions_tsv
 
+    check_output_file(
+        args.out, inputs=[args.input, args.model], overwrite=args.overwrite, allow_stdout=True
+    )
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
     records = read_input_records(args, model)
@@ -61,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
     if not is_main(accelerator):
         return 0
     write_predictions_tsv(predictions, args.out)
-    print(f"{len(records)} predictions written to {args.out}")
+    print(f"{len(records)} predictions written to {args.out}", file=report_stream(args.out))
     return 0

@@ -25,7 +25,12 @@ def register(subparsers: Any) -> None:
         metavar="SPEC",
         help="token scheme ('dna', 'dna-kmer:k=6', 'protein', ...) or a tokenizer.json path",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory: new or empty, or shards prepared earlier",
+    )
     parser.add_argument(
         "--window-tokens", type=int, default=1024, help="tokens per window (default 1024)"
     )
@@ -59,23 +64,31 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the shards and print the summary as JSON."""
     from pathlib import Path
 
-    from biotransformer.data.shards import prepare_corpus
+    from biotransformer.data.shards import MANIFEST, prepare_corpus
+    from biotransformer.outputs import claim_run_directory, holds_files
     from biotransformer.tokenizers import Tokenizer
 
     spec = args.tokenizer
-    tokenizer = Tokenizer.load(spec) if Path(spec).exists() else Tokenizer.from_spec(spec)
-    summary = prepare_corpus(
-        args.inputs,
-        tokenizer,
+    with claim_run_directory(
         args.out,
-        window_tokens=args.window_tokens,
-        stride=args.stride,
-        valid_fraction=args.valid_fraction,
-        seed=args.seed,
-        force=args.force,
-        keep_soft_masked=not args.drop_soft_masked,
-        max_n_fraction=args.max_n_fraction,
-        progress=not args.quiet,
-    )
+        command="prepare",
+        inputs=[*args.inputs, spec if Path(spec).exists() else None],
+        resume=True,  # prepare_corpus skips, refuses or (--force) replaces its earlier shards
+        recognise=holds_files(MANIFEST),
+    ):
+        tokenizer = Tokenizer.load(spec) if Path(spec).exists() else Tokenizer.from_spec(spec)
+        summary = prepare_corpus(
+            args.inputs,
+            tokenizer,
+            args.out,
+            window_tokens=args.window_tokens,
+            stride=args.stride,
+            valid_fraction=args.valid_fraction,
+            seed=args.seed,
+            force=args.force,
+            keep_soft_masked=not args.drop_soft_masked,
+            max_n_fraction=args.max_n_fraction,
+            progress=not args.quiet,
+        )
     print(json.dumps({**summary.to_dict(), "mbp_per_s": round(summary.mbp_per_s, 1)}, indent=2))
     return 0

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from biotransformer.errors import ConfigError
+from biotransformer.outputs import add_overwrite_option
 
 RECIPE_DIRS = (
     Path.cwd() / "recipes" / "configs",
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="where the run writes its files (shorthand for training.output_dir=...)",
     )
+    add_overwrite_option(parser, "training.output_dir")
     parser.set_defaults(handler=run)
 
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         overrides.append(f"training.output_dir={args.output_dir}")
     config = load_run_config(resolve_config_path(args.config), overrides)
-    result = pretrain(config, resume=args.resume)
+    result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
     if result.outcome == "interrupted":
         return 130
     print(f"pretraining finished at step {result.step}; model saved to {result.model_dir}")

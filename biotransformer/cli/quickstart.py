@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.common import column
+from biotransformer.outputs import add_overwrite_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         default="quickstart-run",
         metavar="DIR",
-        help="output directory; a previous quickstart run there is replaced "
+        help="output directory: new or empty, or a previous quickstart run with --overwrite "
         "(default: quickstart-run)",
     )
+    add_overwrite_option(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         pretrain_steps=args.pretrain_steps,
         finetune_epochs=args.finetune_epochs,
         bootstrap=args.bootstrap,
+        overwrite=args.overwrite,
     )
     print("\n".join(summary_lines(quickstart(config))))
     return 0

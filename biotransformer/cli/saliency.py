@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.common import add_column_options
+from biotransformer.outputs import add_overwrite_option, claim_run_directory
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,14 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "letter, batched) and gradient x input of the target's score (log-odds of a class, "
             "a multilabel logit or a regression value). Writes per record ID.ism.tsv, "
             "ID.heatmap.png (position x letter) and ID.logo.png (letters scaled by the mean "
-            "score loss when mutated)."
+            "score loss when mutated), and index.tsv (id, file stem). ID is the record id "
+            "when it is a safe file name, else its safe characters plus a short hash."
         ),
     )
     parser.add_argument(
         "--model", required=True, metavar="DIR", help="a fine-tuned model directory"
     )
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (new or empty)"
+    )
+    add_overwrite_option(parser)
     parser.add_argument(
         "--target",
         default=None,
@@ -50,20 +55,27 @@ def run(args: argparse.Namespace) -> int:
     from biotransformer.heads import load_model
     from biotransformer.inference import load_task
     from biotransformer.io import read_sequences
-    from biotransformer.saliency import explain, write_saliency
+    from biotransformer.saliency import explain, file_stem, write_saliency, write_saliency_index
 
-    model = load_model(args.model, require_tokenizer=True)
-    task = load_task(model, args.model)
-    records = read_sequences(
-        args.input,
-        sequence_column=args.sequence_column,
-        id_column=args.id_column,
-        label_column=None,
-    )
-    count = 0
-    for record in islice(records, args.max_records):
-        result = explain(model, task, record, target=args.target, batch_size=args.batch_size)
-        write_saliency(result, args.out)
-        count += 1
-    print(f"saliency of {count} records written to {args.out}")
+    with claim_run_directory(
+        args.out, command="saliency", inputs=[args.model, args.input], overwrite=args.overwrite
+    ) as run:
+        model = load_model(args.model, require_tokenizer=True)
+        task = load_task(model, args.model)
+        records = read_sequences(
+            args.input,
+            sequence_column=args.sequence_column,
+            id_column=args.id_column,
+            label_column=None,
+        )
+        index: list[tuple[str, str]] = []
+        stems: set[str] = set()
+        for record in islice(records, args.max_records):
+            result = explain(model, task, record, target=args.target, batch_size=args.batch_size)
+            stem = file_stem(record.id, stems)
+            write_saliency(result, run.path, stem)
+            index.append((record.id, stem))
+            stems.add(stem)
+        write_saliency_index(index, run.path)
+    print(f"saliency of {len(index)} records written to {args.out} (index: index.tsv)")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``score-variants`` command."""
@@ -26,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--variants", required=True, metavar="FILE", help="variants TSV or VCF (.vcf, .vcf.gz)"
     )
-    parser.add_argument("--out", required=True, metavar="FILE.tsv", help="scores TSV")
+    parser.add_argument(
+        "--out", required=True, metavar="FILE.tsv", help="scores TSV ('-': standard output)"
+    )
+    add_overwrite_option(parser)
     parser.add_argument(
         "--methods",
         default="masked_marginal,wt_marginal",
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         write_scores_tsv,
     )
 
+    inputs = [args.model, args.reference, args.variants]
+    check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, allow_stdout=True)
     model = load_model(args.model, require_tokenizer=True)
     task = load_task(model, args.model)
     reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
@@ -72,5 +79,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         scores = score_head(model, task, variants, reference, max_tokens=args.max_tokens)
     write_scores_tsv(variants, scores, args.out)
-    print(f"{len(variants)} variants scored ({', '.join(scores)}) to {args.out}")
+    print(
+        f"{len(variants)} variants scored ({', '.join(scores)}) to {args.out}",
+        file=report_stream(args.out),
+    )
     return 0

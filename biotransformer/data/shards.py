@@ -27,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import write_json
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.tokenizers import Tokenizer
 
@@ -520,8 +520,7 @@ def prepare_corpus(
         },
         "summary": summary.to_dict(),
     }
-    with atomic_write(out / MANIFEST) as handle:
-        json.dump(manifest, handle, indent=2)
+    write_json(out / MANIFEST, manifest)
     return summary
 
 
