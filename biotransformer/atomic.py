@@ -53,7 +53,7 @@ def _refuse_unreplaceable(target: Path) -> None:
             path=target,
             fix="write to the file the link points to, or choose another name",
         )
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         mode = target.stat().st_mode
         if stat.S_ISDIR(mode):
             raise InputError("is a directory", path=target, fix="give a file name")

@@ -137,6 +137,7 @@ def check_output_file(
             fix=f"give {flag} a file name",
         )
     target = Path(path)
+    _refuse_file_ancestor(target, flag)
     _refuse_link_or_special(target, flag)
     if target.is_dir():
         raise InputError(
@@ -144,7 +145,6 @@ def check_output_file(
             path=target,
             fix=f"give {flag} a file name, e.g. {target / 'out'}{target.suffix}",
         )
-    _refuse_file_ancestor(target, flag)
     source = _relation(target, inputs)
     if source is not None:
         raise InputError(
@@ -399,6 +399,7 @@ def _claim(
     recognise: Callable[[Path], bool] | None,
 ) -> RunDirectory:
     directory = Path(path)
+    _refuse_file_ancestor(directory, flag)
     if directory.is_symlink():
         raise ConfigError(
             f"{flag} {directory} is a symbolic link; biotransformer never writes through a "
@@ -406,7 +407,6 @@ def _claim(
         )
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{flag} {directory} is a file. Fix: give {flag} a directory")
-    _refuse_file_ancestor(directory, flag)
     inputs = list(inputs)
     source = _relation(directory, inputs)
     if source is not None:
@@ -529,10 +529,10 @@ def check_model_directory_output(
     empty is fine; an earlier model directory (only names in ``owned``) needs ``overwrite``;
     anything else, a link, a file, or a path related to an input is refused."""
     directory = Path(path)
+    _refuse_file_ancestor(directory, flag)
     _refuse_link_or_special(directory, flag)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{flag} {directory} is a file. Fix: give {flag} a directory")
-    _refuse_file_ancestor(directory, flag)
     source = _relation(directory, inputs)
     if source is not None:
         raise ConfigError(
