@@ -380,10 +380,11 @@ def _inspect(
         return [], kept  # it wrote nothing: nothing to lose
     when = record.get("finished_at") or record.get("started_at")
     state = "a finished" if status == "finished" else f"an unfinished ({status})"
+    resume_hint = "--resume latest to continue it (e.g. to more steps), " if resumable else ""
     raise ConfigError(
         f"{flag} {directory} holds {state} biotransformer {command} run ({when}). Fix: pass "
-        f"--overwrite to replace the files that run wrote (files you added are kept), or give "
-        f"{flag} a new directory"
+        f"{resume_hint}--overwrite to replace the files that run wrote (files you added are "
+        f"kept), or give {flag} a new directory"
     )
 
 

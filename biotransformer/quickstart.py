@@ -218,7 +218,7 @@ def quickstart(config: QuickstartConfig) -> QuickstartResult:
 
 def _refuse_user_files_in_the_way(run: RunDirectory) -> None:
     """Refuse, before any work, files of the user's where the run writes its own."""
-    mine = [name for name in run.record["kept"] if name.split("/")[0] in OUTPUTS]
+    mine = [name for name in run.record.get("kept", []) if name.split("/")[0] in OUTPUTS]
     if mine:
         raise ConfigError(
             f"--out {run.path}: the quickstart writes {', '.join(OUTPUTS)} there, and "

@@ -87,7 +87,9 @@ def test_quickstart_on_the_users_labelled_csv(tmp_path):
     options = ["--data", str(data), "--sequence-column", "seq", "--label-column", "class"]
     options += ["--out", str(out), "--pretrain-steps", "4", "--bootstrap", "20"]
     run_quickstart(*options)
-    run_quickstart(*options, "--seed", "1")  # a rerun replaces the previous run
+    (out / "notes.txt").write_text("mine")
+    run_quickstart(*options, "--seed", "1", "--overwrite")  # replaces the previous run's files
+    assert (out / "notes.txt").read_text() == "mine"  # and only those
     metrics = assert_report_matches_metrics(out)
     assert metrics["task"] == str(data)
     assert metrics["seed"] == 1
