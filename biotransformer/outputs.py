@@ -246,9 +246,30 @@ def _lock_holder(directory: Path) -> str:
         return "a process that is starting"
 
 
+def _in_use(directory: Path, flag: str) -> ConfigError:
+    return ConfigError(
+        f"{directory} is in use by another biotransformer run ({_lock_holder(directory)}). "
+        f"Fix: wait for it to finish, or give {flag} another directory"
+    )
+
+
 class _Lock:
     """``flock`` on ``directory/.biotransformer-lock``, released (and the file removed) on
     ``release``; the kernel releases it when the process dies."""
+
+    @staticmethod
+    def probe(directory: Path, flag: str) -> None:
+        """Raise when another process holds the directory (nothing is created)."""
+        try:
+            fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(directory, flag) from None
+        finally:
+            os.close(fd)
 
     def __init__(self, directory: Path, info: dict[str, Any], flag: str) -> None:
         path = directory / LOCK_FILE
@@ -258,11 +279,7 @@ class _Lock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise ConfigError(
-                    f"{directory} is in use by another biotransformer run "
-                    f"({_lock_holder(directory)}). Fix: wait for it to finish, or give {flag} "
-                    "another directory"
-                ) from None
+                raise _in_use(directory, flag) from None
             try:  # the file may have been removed by its holder between open and flock
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break
@@ -424,6 +441,7 @@ def _claim(
         recognise=recognise,
     )
     if directory.is_dir():
+        _Lock.probe(directory, flag)
         _inspect(directory, **options)  # refuse a foreign directory before touching it
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)

@@ -296,7 +296,8 @@ def test_a_failed_first_attempt_leaves_nothing(tmp_path):
 HOLD = """
 import sys, time
 from biotransformer.outputs import claim_run_directory
-with claim_run_directory(sys.argv[1], command="saliency"):
+with claim_run_directory(sys.argv[1], command="saliency") as run:
+    (run.path / "partial.tsv").write_text("half")
     print("claimed", flush=True)
     time.sleep(60)
 """
@@ -316,11 +317,13 @@ def test_a_second_run_into_a_held_directory_names_the_first(tmp_path, model_dir,
         data = fasta(tmp_path / "in.fa")
         argv = ["saliency", "--model", str(model_dir), "--input", str(data), "--out", str(out)]
         refused(argv, capsys, "in use by another biotransformer run", f"pid {holder.pid}")
-        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, RUN_RECORD]
+        refused([*argv, "--overwrite"], capsys, "in use", f"pid {holder.pid}")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, RUN_RECORD, "partial.tsv"]
         holder.send_signal(signal.SIGKILL)  # a crash releases the lock
         holder.wait(timeout=30)
-        assert main(argv) == 0
-        assert (out / "index.tsv").is_file()
+        refused(argv, capsys, "unfinished", "--overwrite")  # what it left is not replaced...
+        assert main([*argv, "--overwrite"]) == 0  # ...unless asked
+        assert (out / "index.tsv").is_file() and not (out / "partial.tsv").exists()
     finally:
         holder.kill()
         holder.wait(timeout=30)
