@@ -172,7 +172,7 @@ def test_predict_command_rc_average_and_windows(tmp_path, capsys):
     classifier("protein").save_pretrained(tmp_path / "protein")
     (tmp_path / "p.fa").write_text(">p\nMKV\n")
     argv = ["predict", "--model", str(tmp_path / "protein"), "--input", str(tmp_path / "p.fa")]
-    assert main([*argv, "--out", str(out), "--rc-average"]) == 2
+    assert main([*argv, "--out", str(tmp_path / "protein.tsv"), "--rc-average"]) == 2
     assert "proteins have no reverse complement" in capsys.readouterr().err
 
 
