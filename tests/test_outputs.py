@@ -349,3 +349,36 @@ def test_a_finished_finetune_is_refused_then_replaced_with_overwrite_keeping_use
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model" / "config.json").is_file() and (out / "metrics.json").is_file()
     assert "notes.txt" not in read_run_record(out)["files"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_under_torchrun_a_refusal_reaches_every_rank_without_a_hang(tmp_path):
+    """Only rank 0 claims the directory; rank 1 learns the refusal by broadcast and exits too."""
+    import yaml
+
+    fasta = tmp_path / "toy.fa"
+    fasta.write_text(">a\n" + "ACGT" * 100 + "\n")
+    out = tmp_path / "run"
+    with claim_run_directory(out, command="pretrain"):
+        (out / "run.json").write_text("{}")  # a finished pretraining run
+    config = tmp_path / "run.yaml"
+    values = {
+        "model": {"preset": "tiny", "hidden_size": 16, "num_layers": 1, "num_heads": 2},
+        "data": {"train_files": [str(fasta)], "tokenizer": "dna", "max_length": 64},
+        "training": {"output_dir": str(out), "max_steps": 2},
+    }
+    config.write_text(yaml.safe_dump(values))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    launch = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "biotransformer"]
+    result = subprocess.run(
+        [*launch, "pretrain", str(config)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("holds a finished biotransformer pretrain run") == 2  # both ranks
+    assert "Traceback" not in result.stderr.split("biotransformer: error:")[0]
+    assert sorted(tree(out)) == [RUN_RECORD, "run.json"]
