@@ -91,7 +91,8 @@ def _refuse_link_or_special(path: Path, flag: str) -> None:
         raise InputError(
             f"{flag}: is a symbolic link; biotransformer never writes through or replaces a link",
             path=path,
-            fix=f"give {flag} the real path ({path.resolve()}) or a new name",
+            fix=f"give {flag} the real path ({path.resolve()}), a new name, or '-' for "
+            "standard output where the command allows it",
         )
     with contextlib.suppress(FileNotFoundError):
         mode = path.stat().st_mode
