@@ -1243,7 +1243,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_run(
 def test_two_runs_into_one_directory_one_waits_for_nothing_and_is_refused(
     tmp_path: Path,
 ) -> None:
-    records = sequences(240, length=60, seed=2)
+    records = sequences(480, length=60, seed=2)
     (tmp_path / "train.csv").write_text(
         "sequence,label\n" + "".join(f"{s},{i % 2}\n" for i, s in enumerate(records))
     )
