@@ -4,6 +4,7 @@ accepted (exit 0) or refused (exit 2) with one message naming the file and the f
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import random
 import re
@@ -97,7 +98,10 @@ def bad_inputs() -> dict[str, tuple[str, bytes]]:
 
 def documented() -> dict[str, dict[str, tuple[str, str | None]]]:
     """``{case: {command: (behaviour, message fragment)}}`` from the table."""
-    rows = [line.split(" | ") for line in TABLE.read_text(encoding="utf-8").splitlines()]
+    lines = TABLE.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
+    rows = [line.split(" | ") for line in table]  # the first table only: the corpus follows
     rows = [[cell.strip(" |") for cell in row] for row in rows if row[0].startswith("| ")]
     header, *cases = rows
     assert header == ["case", "input", *COMMANDS]
