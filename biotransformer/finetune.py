@@ -567,18 +567,18 @@ class FinetuneResult:
 
 @dataclass
 class Selection:
-    """The best validation score so far and its step; registered for checkpointing, so a
-    resumed run keeps selecting against it."""
+    """The best validation score so far and its step; saved in every checkpoint, so a
+    resumed run keeps selecting against it. (A score of -inf is saved as null: strict JSON.)"""
 
     score: float = -math.inf
     step: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"score": self.score if math.isfinite(self.score) else None, "step": self.step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.score = float(state["score"])
-        self.step = state["step"]
+        self.score = -math.inf if state["score"] is None else float(state["score"])
+        self.step = None if state["step"] is None else int(state["step"])
 
 
 def _targets(task: str, dataset: Any) -> np.ndarray:
@@ -610,7 +610,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     training = dataclasses.replace(config.training, output_dir=str(output_dir))
     accelerator = make_accelerator(training, project_dir=output_dir)
     checkpoint_dir = output_dir / "checkpoints"
-    resume_from = resolve_resume(config.resume, checkpoint_dir)
+    resume_from = resolve_resume(
+        config.resume, checkpoint_dir, kind="finetune", num_processes=accelerator.num_processes
+    )
 
     first = next(iter(read_labelled(config.train, config.task, config.read)))
     alphabet = guess_alphabet(first.sequence)
@@ -698,12 +700,19 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     batches = BatchStream(datasets["train"], sampler, collator)
     state = TrainerState()
     best = Selection()
-    accelerator.register_for_checkpointing(state, batches, best)
-
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, training.keep_last)
+    checkpointer = Checkpointer(
+        accelerator,
+        checkpoint_dir,
+        training.keep_last,
+        kind="finetune",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"trainer": state, "data": batches, "selection": best},
+    )
     if resume_from is not None:
-        restore_checkpoint(accelerator, resume_from, state, checkpointer, log)
+        restore_checkpoint(checkpointer, resume_from, log)
     elif log.path.exists() and accelerator.is_main_process:
         log.path.unlink()
     model_dir = output_dir / "model"
