@@ -426,7 +426,7 @@ class Checkpointer:
         try:
             missing, unexpected = load_model(self._network(), folder / MODEL_FILE, strict=False)
         except (OSError, SafetensorError, RuntimeError) as error:
-            raise _mismatch(folder / MODEL_FILE, str(error).splitlines()[0]) from None
+            raise _mismatch(folder / MODEL_FILE, " ".join(str(error).split())[:400]) from None
         if missing or unexpected:
             raise _mismatch(
                 folder / MODEL_FILE,

@@ -85,6 +85,7 @@ from biotransformer.train import (
     LoopContext,
     MetricsLog,
     TrainerState,
+    TrainingDiverged,
     build_optimizer,
     build_scheduler,
     compile_if_asked,
@@ -792,9 +793,17 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         resume_hint=f"rerun the same command with --resume latest (--out {output_dir})",
     )
     try:  # end_training ends the process group: the final evaluation gathers before it
-        outcome = train_loop(
-            accelerator, model, optimizer, scheduler, batches, state, training, context
-        )
+        try:
+            outcome = train_loop(
+                accelerator, model, optimizer, scheduler, batches, state, training, context
+            )
+        except TrainingDiverged:
+            fresh = checkpointer.last_saved_step is None  # nothing to resume from
+            if accelerator.is_main_process and fresh and best.step is not None:
+                # selected in this run, which diverged: not a result
+                shutil.rmtree(model_dir, ignore_errors=True)
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+            raise
         if outcome == "interrupted":
             elapsed = time.perf_counter() - started
             return FinetuneResult(output_dir, model_dir, {}, best.step, elapsed, outcome)

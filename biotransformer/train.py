@@ -422,7 +422,7 @@ def train_loop(
     )
     window = _LogWindow()
     accumulation = accelerator.gradient_accumulation_steps
-    with context.stop.installed() as stop:
+    with context.stop.installed() as stop, progress:  # closed also when an error stops it
         while state.step < training.max_steps:
             micro_batches = [next(batches) for _ in range(accumulation)]
             totals = accumulate_gradients(
@@ -488,7 +488,6 @@ def train_loop(
                     f"{context.resume_hint}"
                 )
                 return "interrupted"
-    progress.close()
     return "finished"
 
 
@@ -521,15 +520,12 @@ def _check_divergence(state: TrainerState, window: _LogWindow, context: LoopCont
     first, mean = state.first_loss, window.loss()
     if first is None or mean <= max(DIVERGENCE_FACTOR * first, first + DIVERGENCE_MARGIN):
         return
-    steps = (
-        f"step {state.step}"
-        if window.steps == 1
-        else (f"steps {state.step - window.steps + 1}-{state.step}")
-    )
+    steps = f"steps {state.step - window.steps + 1}-{state.step}" if window.steps > 1 else "it"
     raise TrainingDiverged(
         _diverged_message(
-            f"the training loss rose from {first:.4g} at step 1 to {mean:.4g} (mean of {steps}), "
-            f"more than {DIVERGENCE_FACTOR:g}x where it started: the training diverged",
+            f"step {state.step}: the training loss rose from {first:.4g} at step 1 to "
+            f"{mean:.4g} (mean of {steps}), more than {DIVERGENCE_FACTOR:g}x where it started: "
+            "the training diverged",
             context,
         )
     )
