@@ -17,7 +17,8 @@ A checkpoint is ``<output_dir>/checkpoints/step-XXXXXXXX/``, written and read by
 Nothing is pickled, nothing is unpickled. Loading is strict: a file the list does not name, a
 missing one, a wrong key or shape is an error naming the file, and a ``.pkl``/``.bin``/``.pt``
 file (what older, Accelerate ``save_state`` based versions wrote, or what someone planted) is
-refused before anything is read. The main process writes the model, optimizer, scheduler and
+refused before anything is read. Sharded runs (FSDP, DeepSpeed) are refused: their state is
+not one model and one optimizer. The main process writes the model, optimizer, scheduler and
 state; every process writes its own random states. The folder is written under a hidden
 ``.step-XXXXXXXX.partial`` name and renamed by the main process once every process has
 finished, so a run killed mid-save never leaves a folder that looks complete. Which checkpoint
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -49,6 +51,7 @@ FORMAT = "biotransformer-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
 RUN_KINDS = {"pretrain": "a pretraining run", "finetune": "a fine-tuning run"}
 
 
@@ -342,6 +345,12 @@ class Checkpointer:
         scheduler: Any,
         state: Mapping[str, Stateful],
     ) -> None:
+        if accelerator.distributed_type in SHARDED:
+            raise ConfigError(
+                f"checkpoints of {accelerator.distributed_type.value} runs (sharded model or "
+                "optimizer state) are not supported. Fix: train with DDP "
+                "(recipes/accelerate/ddp.yaml) or on one process"
+            )
         self.accelerator = accelerator
         self.directory = directory
         self.keep_last = keep_last
