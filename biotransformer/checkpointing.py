@@ -27,12 +27,13 @@ is newest is read from ``checkpoint.json``, never parsed from folder names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +53,16 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+# What reading a wrong or tampered file can raise (beyond our own checks).
+LOAD_ERRORS = (
+    OSError,
+    SafetensorError,
+    LookupError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    RuntimeError,
+)
 RUN_KINDS = {"pretrain": "a pretraining run", "finetune": "a fine-tuning run"}
 
 
@@ -146,11 +157,15 @@ def verify_checkpoint(folder: Path, *, kind: str, num_processes: int) -> dict[st
             f"--resume, or in a new output directory), or remove {', '.join(pickles)} if the "
             "rest of the folder is a checkpoint of this version"
         )
-    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
+    files, processes = info.get("files"), info.get("num_processes")
+    ours = (info.get("format"), info.get("format_version")) == (FORMAT, FORMAT_VERSION)
+    if not (ours and isinstance(files, list) and isinstance(processes, int)) or not all(
+        isinstance(name, str) for name in files
+    ):
         raise ModelDirectoryError(
             f"{folder / CHECKPOINT_FILE}: not a checkpoint of this version of biotransformer "
-            f"(format {FORMAT!r} version {FORMAT_VERSION}). Fix: start a new run (without "
-            "--resume, or in a new output directory)"
+            f"(format {FORMAT!r} version {FORMAT_VERSION}), or modified since. Fix: start a "
+            "new run (without --resume, or in a new output directory)"
         )
     if info.get("kind") != kind:
         raise _wrong_kind(folder, info.get("kind"), kind)
@@ -207,32 +222,23 @@ def _write_json(path: Path, document: Any) -> None:
     path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelDirectoryError(
-            f"{path}: unreadable ({error}). Fix: resume from another checkpoint folder, or "
-            "start a new run"
-        ) from None
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path)
-    except (OSError, SafetensorError) as error:
-        raise ModelDirectoryError(
-            f"{path}: unreadable ({error}). Fix: resume from another checkpoint folder, or "
-            "start a new run"
-        ) from None
-
-
 def _mismatch(path: Path, problem: str) -> ModelDirectoryError:
     return ModelDirectoryError(
-        f"{path}: {problem}, so it does not belong to this run's model and settings. Fix: "
-        "resume with the same model and training settings as the run that wrote it, or start "
-        "a new run"
+        f"{path}: {problem}; the file is damaged or from a run with another model or settings. "
+        "Fix: resume with the model and training settings of the run that wrote it, resume "
+        "from another checkpoint folder, or start a new run"
     )
+
+
+@contextlib.contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """Turn what a damaged, tampered or foreign file makes loading raise into
+    ``_mismatch(path)``."""
+    try:
+        yield
+    except LOAD_ERRORS as error:
+        message = " ".join(str(error).split())[:400]
+        raise _mismatch(path, f"{type(error).__name__}: {message}") from None
 
 
 def _optimizer_pieces(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -275,6 +281,10 @@ def _optimizer_state(
             path, f"{len(groups)} parameter groups, the optimizer has {len(optimizer.param_groups)}"
         )
     for saved, current in zip(groups, optimizer.param_groups, strict=True):
+        if set(saved) != set(current):
+            raise _mismatch(
+                path, f"parameter group keys {sorted(saved)}, expected {sorted(current)}"
+            )
         for key, value in saved.items():  # JSON has lists where the optimizer has tuples
             if isinstance(current.get(key), tuple):
                 saved[key] = tuple(value)
@@ -432,42 +442,37 @@ class Checkpointer:
                 f"mixed precision (a gradient scaler), this run {'does not' if saved else 'does'}. "
                 "Fix: resume with the same training.mixed_precision as the run that wrote it"
             )
-        try:
+        with _loading(folder / MODEL_FILE):
             missing, unexpected = load_model(self._network(), folder / MODEL_FILE, strict=False)
-        except (OSError, SafetensorError, RuntimeError) as error:
-            raise _mismatch(folder / MODEL_FILE, " ".join(str(error).split())[:400]) from None
-        if missing or unexpected:
-            raise _mismatch(
-                folder / MODEL_FILE,
-                f"missing weights {sorted(missing)[:3]}, unknown weights {sorted(unexpected)[:3]}",
-            )
+            if missing or unexpected:
+                raise ValueError(f"missing {sorted(missing)[:3]}, unknown {sorted(unexpected)[:3]}")
         path = folder / "optimizer.safetensors"
-        optimizer_state = _optimizer_state(
-            _read_json(folder / "optimizer.json"), _read_tensors(path), self.optimizer, path
-        )
-        pieces = [
-            (self.optimizer, optimizer_state, path),
-            (self.scheduler, _read_json(folder / "scheduler.json"), folder / "scheduler.json"),
-        ]
+        with _loading(path):
+            document = json.loads((folder / "optimizer.json").read_text())
+            state = _optimizer_state(document, load_file(path), self.optimizer, path)
+        documents = {}
+        for name in ["scheduler.json", "state.json"] + (["scaler.json"] if self._scaler else []):
+            with _loading(folder / name):
+                documents[name] = json.loads((folder / name).read_text())
+        pieces = [("optimizer.safetensors", self.optimizer, state)]
+        pieces.append(("scheduler.json", self.scheduler, documents["scheduler.json"]))
         if self._scaler is not None:
-            pieces.append(
-                (self._scaler, _read_json(folder / "scaler.json"), folder / "scaler.json")
-            )
-        states = _read_json(folder / "state.json")
-        if not isinstance(states, dict) or set(states) != set(self.state):
-            raise _mismatch(folder / "state.json", f"it holds not exactly {sorted(self.state)}")
-        pieces += [(obj, states[name], folder / "state.json") for name, obj in self.state.items()]
-        for target, state, source in pieces:
-            try:
-                target.load_state_dict(state)
-            except (KeyError, ValueError, TypeError, RuntimeError) as error:
-                raise _mismatch(source, f"{type(error).__name__}: {error}") from None
+            pieces.append(("scaler.json", self._scaler, documents["scaler.json"]))
+        states = documents["state.json"]
+        with _loading(folder / "state.json"):
+            if set(states) != set(self.state):
+                raise ValueError(f"it holds {sorted(states)}, this run {sorted(self.state)}")
+        pieces += [("state.json", obj, states[name]) for name, obj in self.state.items()]
+        for name, target, saved in pieces:
+            with _loading(folder / name):
+                expected = sorted(target.state_dict())
+                if sorted(saved) != expected:
+                    raise ValueError(f"keys {sorted(saved)}, expected {expected}")
+                target.load_state_dict(saved)
         rank = folder / f"rng-rank{accelerator.process_index}"
-        document = _read_json(rank.with_suffix(".json"))
-        try:
-            _restore_rng(document, _read_tensors(rank.with_suffix(".safetensors")))
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
-            raise _mismatch(rank.with_suffix(".json"), f"{type(error).__name__}: {error}") from None
+        with _loading(rank.with_suffix(".json")):
+            document = json.loads(rank.with_suffix(".json").read_text())
+            _restore_rng(document, load_file(rank.with_suffix(".safetensors")))
         self.last_saved_step = int(info["step"])
         return info
 

@@ -145,7 +145,9 @@ def test_the_planted_pickle_is_live(tmp_path):
         ("format", ModelDirectoryError, "not a checkpoint of this version"),
         ("shape", ModelDirectoryError, r"model\.safetensors.*size mismatch"),
         ("optimizer", ModelDirectoryError, r"optimizer\.safetensors: unknown tensor"),
-        ("state", ModelDirectoryError, r"state\.json.*KeyError"),
+        ("damaged", ModelDirectoryError, r"scheduler\.json: JSONDecodeError.*damaged"),
+        ("truncated", ModelDirectoryError, r"rng-rank0\.json: SafetensorError"),
+        ("state", ModelDirectoryError, r"state\.json.*keys \['step'\], expected"),
     ],
 )
 def test_loading_is_strict(saved, tmp_path, change, error, message):
@@ -177,6 +179,11 @@ def test_loading_is_strict(saved, tmp_path, change, error, message):
         from safetensors.torch import save_file
 
         save_file(tensors, folder / "optimizer.safetensors")
+    elif change == "damaged":
+        (folder / "scheduler.json").write_text('{"base_lrs": [0.1')
+    elif change == "truncated":
+        data = (folder / "rng-rank0.safetensors").read_bytes()
+        (folder / "rng-rank0.safetensors").write_bytes(data[: len(data) // 2])
     elif change == "state":
         (folder / "state.json").write_text('{"trainer": {"step": 3}}')
     info_path.write_text(json.dumps(info))
