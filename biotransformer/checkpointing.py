@@ -486,15 +486,23 @@ class Checkpointer:
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
 
-    def _prune(self) -> None:
-        """Remove all but the newest ``keep_last`` checkpoints this format wrote, and
-        leftover staging folders."""
+    def _prune(self, keep: int | None = None) -> None:
+        """Remove all but the newest ``keep`` (default ``keep_last``) checkpoints this format
+        wrote, and leftover staging folders."""
         ours = [
             path
             for _, path in complete_checkpoints(self.directory)
             if read_checkpoint_info(path).get("format") == FORMAT
         ]
-        for path in ours[: -self.keep_last]:
+        keep = self.keep_last if keep is None else keep
+        for path in ours[: len(ours) - keep]:
             shutil.rmtree(path, ignore_errors=True)
         for leftover in self.directory.glob(".step-*.partial"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+    def remove_all(self) -> None:
+        """The run is complete: remove its checkpoints, and the folder once it is empty
+        (anything else in it is not ours to remove). The main process calls this."""
+        self._prune(keep=0)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()

@@ -16,7 +16,7 @@ and evaluates the test split once, at the end, with that model. The output direc
     config.yaml       the resolved fine-tuning config
     run.json          provenance (versions, git commit, command, seed, split report)
     log.jsonl         training log (loss, lr; validation metrics at each evaluation)
-    checkpoints/      while the run lasts: ``train.Checkpointer`` folders every
+    checkpoints/      while the run lasts: ``checkpointing.Checkpointer`` folders every
                       ``training.save_every`` steps and at the end, for ``resume``
     *.png, report.html
 """
@@ -821,7 +821,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             metrics["seconds"] = elapsed
             with atomic_write(output_dir / "metrics.json") as handle:
                 json.dump(metrics, handle, indent=2)
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete
+            checkpointer.remove_all()  # the run is complete
         accelerator.wait_for_everyone()
     finally:
         accelerator.end_training()

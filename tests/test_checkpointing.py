@@ -193,7 +193,7 @@ def test_loading_is_strict(saved, tmp_path, change, error, message):
     assert not marker.exists()
 
 
-def test_pruning_keeps_folders_of_other_formats(saved):
+def test_pruning_and_removal_keep_folders_of_other_formats(saved):
     checkpointer, folder, _ = saved
     foreign = folder.with_name("step-00000001")
     foreign.mkdir()
@@ -204,6 +204,11 @@ def test_pruning_keeps_folders_of_other_formats(saved):
     assert names == ["step-00000001", "step-00000004", "step-00000005"]
     with pytest.raises(ModelDirectoryError, match="not a checkpoint of this version"):
         verify_checkpoint(foreign, kind="pretrain", num_processes=1)
+    checkpointer.remove_all()  # the end of a fine-tuning run
+    assert [p.name for p in folder.parent.iterdir()] == ["step-00000001"]
+    shutil.rmtree(foreign)
+    checkpointer.remove_all()
+    assert not folder.parent.exists()
 
 
 # ---------------------------------------------------------------------------------------------
