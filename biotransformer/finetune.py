@@ -16,7 +16,7 @@ and evaluates the test split once, at the end, with that model. The output direc
     config.yaml       the resolved fine-tuning config
     run.json          provenance (versions, git commit, command, seed, split report)
     log.jsonl         training log (loss, lr; validation metrics at each evaluation)
-    checkpoints/      while the run lasts: ``train.Checkpointer`` folders every
+    checkpoints/      while the run lasts: ``checkpointing.Checkpointer`` folders every
                       ``training.save_every`` steps and at the end, for ``resume``
     *.png, report.html
 """
@@ -85,6 +85,7 @@ from biotransformer.train import (
     LoopContext,
     MetricsLog,
     TrainerState,
+    TrainingDiverged,
     build_optimizer,
     build_scheduler,
     compile_if_asked,
@@ -570,18 +571,18 @@ class FinetuneResult:
 
 @dataclass
 class Selection:
-    """The best validation score so far and its step; registered for checkpointing, so a
-    resumed run keeps selecting against it."""
+    """The best validation score so far and its step; saved in every checkpoint, so a
+    resumed run keeps selecting against it. (A score of -inf is saved as null: strict JSON.)"""
 
     score: float = -math.inf
     step: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"score": self.score if math.isfinite(self.score) else None, "step": self.step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.score = float(state["score"])
-        self.step = state["step"]
+        self.score = -math.inf if state["score"] is None else float(state["score"])
+        self.step = None if state["step"] is None else int(state["step"])
 
 
 def _targets(task: str, dataset: Any) -> np.ndarray:
@@ -637,7 +638,9 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
     output_dir = Path(config.output_dir)
     training = dataclasses.replace(config.training, output_dir=str(output_dir))
     checkpoint_dir = output_dir / "checkpoints"
-    resume_from = resolve_resume(config.resume, checkpoint_dir)
+    resume_from = resolve_resume(
+        config.resume, checkpoint_dir, kind="finetune", num_processes=accelerator.num_processes
+    )
 
     first = next(iter(read_labelled(config.train, config.task, config.read)))
     alphabet = guess_alphabet(first.sequence)
@@ -725,12 +728,19 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
     batches = BatchStream(datasets["train"], sampler, collator)
     state = TrainerState()
     best = Selection()
-    accelerator.register_for_checkpointing(state, batches, best)
-
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, training.keep_last)
+    checkpointer = Checkpointer(
+        accelerator,
+        checkpoint_dir,
+        training.keep_last,
+        kind="finetune",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"trainer": state, "data": batches, "selection": best},
+    )
     if resume_from is not None:
-        restore_checkpoint(accelerator, resume_from, state, checkpointer, log)
+        restore_checkpoint(checkpointer, resume_from, log)
     elif log.path.exists() and accelerator.is_main_process:
         log.path.unlink()
     model_dir = output_dir / "model"
@@ -809,9 +819,17 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
         resume_hint=f"rerun the same command with --resume latest (--out {output_dir})",
     )
     try:  # end_training ends the process group: the final evaluation gathers before it
-        outcome = train_loop(
-            accelerator, model, optimizer, scheduler, batches, state, training, context
-        )
+        try:
+            outcome = train_loop(
+                accelerator, model, optimizer, scheduler, batches, state, training, context
+            )
+        except TrainingDiverged:
+            fresh = checkpointer.last_saved_step is None  # nothing to resume from
+            if accelerator.is_main_process and fresh and best.step is not None:
+                # selected in this run, which diverged: not a result
+                shutil.rmtree(model_dir, ignore_errors=True)
+                shutil.rmtree(adapter_dir, ignore_errors=True)
+            raise
         if outcome == "interrupted":
             elapsed = time.perf_counter() - started
             return FinetuneResult(output_dir, model_dir, {}, best.step, elapsed, outcome)
@@ -828,7 +846,7 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
         if accelerator.is_main_process:
             metrics["seconds"] = elapsed
             write_json(output_dir / "metrics.json", metrics)
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete
+            checkpointer.remove_all()  # the run is complete
         accelerator.wait_for_everyone()
     finally:
         accelerator.end_training()

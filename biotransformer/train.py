@@ -11,8 +11,11 @@ How the loop deals with the known Accelerate pitfalls:
   ``prepare()``, Accelerate would shard them again and, with ``even_batches=True``, repeat
   batches at the end of an epoch. The sampler shards by rank itself and gives every rank the
   same number of batches, so it stays out of ``prepare()``.
-- **Sampler state.** ``save_state`` only saves objects it knows: the trainer state and the
-  data position are registered with ``register_for_checkpointing``.
+- **Checkpoints.** Accelerate's ``save_state``/``load_state`` pickle the objects registered
+  with ``register_for_checkpointing`` (and the optimizer, scheduler and RNG states), and
+  unpickling a planted file runs code. ``checkpointing.Checkpointer`` writes safetensors and
+  JSON instead and is handed the trainer state and the data position (which restores the
+  sampler) explicitly.
 
 Loss normalisation: one optimizer step takes ``gradient_accumulation_steps`` micro-batches on
 every process. They are fetched first, the number of target tokens is summed over them and
@@ -65,25 +68,36 @@ IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 
 
+# Divergence: a loss window whose mean exceeds both DIVERGENCE_FACTOR x and DIVERGENCE_MARGIN
+# above the first step's loss (see ``train_loop``).
+DIVERGENCE_FACTOR = 4.0
+DIVERGENCE_MARGIN = 5.0
+
+
 class TrainingDiverged(BioTransformerError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+    """The loss became NaN or infinite, or rose far above where it started; the run stopped
+    without saving the bad state."""
 
 
 @dataclass
 class TrainerState:
-    """Progress counters saved in every checkpoint (registered with the accelerator)."""
+    """Progress counters saved in every checkpoint, and the loss of the first step (the
+    starting weights' loss, which divergence is measured against)."""
 
     step: int = 0
     samples_seen: int = 0
     targets_seen: int = 0
+    first_loss: float | None = None
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.targets_seen = int(state["targets_seen"])
+        first = state["first_loss"]
+        self.first_loss = None if first is None else float(first)
 
 
 class BatchStream:
@@ -91,7 +105,7 @@ class BatchStream:
 
     The position (epoch, batches consumed in it) counts batches the loop has taken, not those
     a DataLoader's workers have drawn ahead, so it is exact with any ``num_workers``. It is
-    registered for checkpointing and restores the sampler through its ``load_state_dict``.
+    saved in every checkpoint and restores the sampler through its ``load_state_dict``.
     The sampler and collator must be deterministic given (seed, epoch): ``set_epoch`` is
     called on both at each epoch start.
     """
@@ -386,9 +400,18 @@ def train_loop(
     """Run optimizer steps from ``state.step`` to ``training.max_steps``.
 
     Saves a checkpoint every ``save_every`` steps and at the end, evaluates every
-    ``eval_every`` steps and at the end, logs every ``log_every`` steps. A NaN/inf loss raises
-    ``TrainingDiverged`` before the optimizer applies it; SIGINT/SIGTERM save a checkpoint at
-    the next step boundary and return ``"interrupted"``.
+    ``eval_every`` steps and at the end, logs every ``log_every`` steps; SIGINT/SIGTERM save a
+    checkpoint at the next step boundary and return ``"interrupted"``.
+
+    Divergence raises ``TrainingDiverged``, so the bad state is never saved or evaluated: a
+    NaN/inf loss before the optimizer applies it, and a loss that rose far above where it
+    started: before each log row, evaluation and checkpoint, the mean loss of the steps since
+    the last log row must not exceed both ``DIVERGENCE_FACTOR`` (4) times and
+    ``DIVERGENCE_MARGIN`` (5) above the loss of step 1 (the starting weights'). The mean over
+    a window, not one step, keeps one hard batch from stopping a run; the margin keeps a small
+    starting loss (a pretrained model, a regression target) from making the bound tight.
+    Masked-LM and classification losses start near ln(classes), scaled regression near 1: a
+    run above the bound has lost what it knew at the start.
     """
     model.train()
     progress = tqdm(
@@ -400,7 +423,7 @@ def train_loop(
     )
     window = _LogWindow()
     accumulation = accelerator.gradient_accumulation_steps
-    with context.stop.installed() as stop:
+    with context.stop.installed() as stop, progress:  # closed also when an error stops it
         while state.step < training.max_steps:
             micro_batches = [next(batches) for _ in range(accumulation)]
             totals = accumulate_gradients(
@@ -408,7 +431,13 @@ def train_loop(
             )
             loss = totals.loss_sum / max(totals.targets, 1)
             if not math.isfinite(loss):
-                raise TrainingDiverged(_diverged_message(state.step + 1, loss, context))
+                raise TrainingDiverged(
+                    _diverged_message(
+                        f"step {state.step + 1}: the training loss is {loss} (not finite)", context
+                    )
+                )
+            if state.first_loss is None:
+                state.first_loss = loss
             grad_norm = accelerator.clip_grad_norm_(
                 model.parameters(), training.max_grad_norm or math.inf
             )
@@ -425,7 +454,18 @@ def train_loop(
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             last = state.step == training.max_steps
-            if state.step % training.log_every == 0 or last:
+            log_now = state.step % training.log_every == 0 or last
+            evaluate_now = context.evaluate is not None and (
+                last or (training.eval_every and state.step % training.eval_every == 0)
+            )
+            save_now = (
+                totals.stop_requested
+                or last
+                or (training.save_every and state.step % training.save_every == 0)
+            )
+            if log_now or evaluate_now or save_now:
+                _check_divergence(state, window, context)
+            if log_now:
                 context.log.write(
                     {
                         "step": state.step,
@@ -436,18 +476,12 @@ def train_loop(
                     }
                 )
                 window = _LogWindow()
-            if context.evaluate is not None and (
-                last or (training.eval_every and state.step % training.eval_every == 0)
-            ):
+            if evaluate_now:
                 context.log.write(
                     {"step": state.step, "epoch": batches.epoch, **context.evaluate()}
                 )
-            if (
-                totals.stop_requested
-                or last
-                or (training.save_every and state.step % training.save_every == 0)
-            ):
-                _save(accelerator, context.checkpointer, state, batches)
+            if save_now:
+                _save(context.checkpointer, state, batches)
             if totals.stop_requested:
                 progress.close()
                 accelerator.print(
@@ -455,7 +489,6 @@ def train_loop(
                     f"{context.resume_hint}"
                 )
                 return "interrupted"
-    progress.close()
     return "finished"
 
 
@@ -466,57 +499,64 @@ class _LogWindow:
         self.loss_sum = 0.0
         self.targets = 0
         self.tokens = 0
+        self.steps = 0
         self.start = time.perf_counter()
 
     def add(self, totals: StepTotals) -> None:
         self.loss_sum += totals.loss_sum
         self.targets += totals.targets
         self.tokens += totals.tokens
+        self.steps += 1
+
+    def loss(self) -> float:
+        return self.loss_sum / max(self.targets, 1)
 
     def row(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {"loss": self.loss_sum / max(self.targets, 1), "tokens_per_s": self.tokens / elapsed}
+        return {"loss": self.loss(), "tokens_per_s": self.tokens / elapsed}
 
 
-def _save(
-    accelerator: Accelerator, checkpointer: Checkpointer, state: TrainerState, batches: BatchStream
-) -> None:
-    if checkpointer.last_saved_step == state.step:
+def _check_divergence(state: TrainerState, window: _LogWindow, context: LoopContext) -> None:
+    """Raise ``TrainingDiverged`` when the window's mean loss is far above step 1's."""
+    first, mean = state.first_loss, window.loss()
+    if first is None or mean <= max(DIVERGENCE_FACTOR * first, first + DIVERGENCE_MARGIN):
         return
-    checkpointer.save(
-        state.step,
-        {"epoch": batches.epoch, "num_processes": accelerator.num_processes},
+    steps = f"steps {state.step - window.steps + 1}-{state.step}" if window.steps > 1 else "it"
+    raise TrainingDiverged(
+        _diverged_message(
+            f"step {state.step}: the training loss rose from {first:.4g} at step 1 to "
+            f"{mean:.4g} (mean of {steps}), more than {DIVERGENCE_FACTOR:g}x where it started: "
+            "the training diverged",
+            context,
+        )
     )
 
 
-def restore_checkpoint(
-    accelerator: Accelerator,
-    checkpoint: Path,
-    state: TrainerState,
-    checkpointer: Checkpointer,
-    log: MetricsLog,
-) -> None:
-    """Resume: load ``checkpoint`` into the prepared objects and every object registered for
-    checkpointing; later saves count from its step, and log rows that a killed run wrote
+def _save(checkpointer: Checkpointer, state: TrainerState, batches: BatchStream) -> None:
+    if checkpointer.last_saved_step != state.step:
+        checkpointer.save(state.step, {"epoch": batches.epoch})
+
+
+def restore_checkpoint(checkpointer: Checkpointer, checkpoint: Path, log: MetricsLog) -> None:
+    """Resume: load ``checkpoint`` into the checkpointer's model, optimizer, scheduler and
+    state objects; later saves count from its step, and log rows that a killed run wrote
     after it are dropped."""
-    accelerator.load_state(str(checkpoint))
-    checkpointer.last_saved_step = state.step
-    log.truncate_after(state.step)
-    accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    step = int(checkpointer.restore(checkpoint)["step"])
+    log.truncate_after(step)
+    checkpointer.accelerator.print(f"resumed from {checkpoint} at step {step}")
 
 
-def _diverged_message(step: int, loss: float, context: LoopContext) -> str:
+def _diverged_message(problem: str, context: LoopContext) -> str:
     last = context.checkpointer.last_saved_step
-    kept = (
-        f"the last good checkpoint (step {last}) is kept"
-        if last is not None
-        else "no checkpoint had been saved yet"
-    )
+    if last is None:
+        kept, then = "no checkpoint had been saved yet", "then start the run again"
+    else:
+        kept, then = f"the last good checkpoint (step {last}) is kept", context.resume_hint
     return (
-        f"step {step}: the training loss is {loss} (not finite), so the run stopped without "
-        f"saving this state; {kept}. Fix: lower training.lr or raise training.warmup_steps, "
-        "set training.max_grad_norm to clip gradients, use mixed_precision=bf16 instead of "
-        f"fp16; then {context.resume_hint}"
+        f"{problem}, so the run stopped without saving this state; {kept}. Fix: lower "
+        "training.lr (finetune: --lr) or raise the warmup (training.warmup_steps; finetune: "
+        "warmup_fraction), set training.max_grad_norm to clip gradients, use "
+        f"mixed_precision=bf16 instead of fp16; {then}"
     )
 
 
@@ -620,7 +660,9 @@ def _pretrain(
     data, training = config.data, config.training
     output_dir = Path(training.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
-    resume_from = resolve_resume(resume, checkpoint_dir)
+    resume_from = resolve_resume(
+        resume, checkpoint_dir, kind="pretrain", num_processes=accelerator.num_processes
+    )
 
     shard_dir = _prepared_shards(accelerator, data, output_dir)
     train_set = ShardDataset(shard_dir, "train", max_length=data.max_length, seed=data.seed)
@@ -677,14 +719,19 @@ def _pretrain(
         train_set, sampler, MaskingCollator(tokenizer, **masking), num_workers=data.num_workers
     )
     state = TrainerState()
-    # save_state only saves objects it knows about: the progress counters and the data
-    # position (which restores the sampler) are registered here.
-    accelerator.register_for_checkpointing(state, batches)
-
     log = MetricsLog(accelerator, output_dir / "log.jsonl")
-    checkpointer = Checkpointer(accelerator, checkpoint_dir, training.keep_last)
+    checkpointer = Checkpointer(
+        accelerator,
+        checkpoint_dir,
+        training.keep_last,
+        kind="pretrain",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"trainer": state, "data": batches},
+    )
     if resume_from is not None:
-        restore_checkpoint(accelerator, resume_from, state, checkpointer, log)
+        restore_checkpoint(checkpointer, resume_from, log)
     else:
         _write_run_files(accelerator, config, output_dir)
     accelerator.init_trackers("pretrain", config=_flat_scalars(config.to_dict()))

@@ -180,11 +180,14 @@ def test_even_batches_repeats_batches_and_the_sampler_avoids_it():
     assert sorted(seen) == list(range(len(lengths)))
 
 
-def test_checkpoints_save_registered_trainer_and_data_position(tmp_path):
-    """A custom sampler/stream is not in save_state unless registered; registered, a resumed
+def test_checkpoints_save_the_trainer_state_and_data_position(tmp_path):
+    """The state objects handed to the Checkpointer are saved in state.json; a resumed
     stream continues with exactly the batch the saved one would have produced next."""
     accelerator = Accelerator()
-    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     lengths = np.arange(10, 40)
     dataset = [{"index": i, "input_ids": np.ones(n, dtype=np.int64)} for i, n in enumerate(lengths)]
     collate = MaskingCollator(Tokenizer.from_spec("dna"), seed=3)
@@ -192,21 +195,30 @@ def test_checkpoints_save_registered_trainer_and_data_position(tmp_path):
     def stream() -> BatchStream:
         return BatchStream(dataset, TokenBudgetBatchSampler(lengths, 120, seed=3), collate)
 
-    first, state = stream(), TrainerState(step=7, samples_seen=70, targets_seen=700)
-    accelerator.register_for_checkpointing(state, first)
+    def checkpointer(state: TrainerState, batches: BatchStream) -> Checkpointer:
+        return Checkpointer(
+            accelerator,
+            tmp_path / "checkpoints",
+            keep_last=1,
+            kind="pretrain",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state={"trainer": state, "data": batches},
+        )
+
+    first = stream()
+    state = TrainerState(step=7, samples_seen=70, targets_seen=700, first_loss=2.5)
     for _ in range(len(first.sampler) + 2):  # into the second epoch
         next(first)
-    checkpointer = Checkpointer(accelerator, tmp_path / "checkpoints", keep_last=1)
-    folder = checkpointer.save(state.step, {"epoch": first.epoch})
+    folder = checkpointer(state, first).save(state.step, {"epoch": first.epoch})
     expected = next(first)
 
     second, restored = stream(), TrainerState()
-    accelerator._custom_objects = [restored, second]
-    accelerator.load_state(str(folder))
+    checkpointer(restored, second).restore(folder)
     assert restored == state
     assert (second.epoch, second.batches_done) == (1, 2)
     assert torch.equal(next(second)["input_ids"], expected["input_ids"])
-    assert model is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,10 +332,18 @@ def loop_parts(tmp_path: Path, model: torch.nn.Module, **training):
     sampler = TokenBudgetBatchSampler([len(d["input_ids"]) for d in dataset], 128, seed=0)
     batches = BatchStream(dataset, sampler, MaskingCollator(tokenizer, seed=0))
     state = TrainerState()
-    accelerator.register_for_checkpointing(state, batches)
+    checkpointer = Checkpointer(
+        accelerator,
+        tmp_path / "checkpoints",
+        training.keep_last,
+        kind="pretrain",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"trainer": state, "data": batches},
+    )
     context = LoopContext(
-        checkpointer=Checkpointer(accelerator, tmp_path / "checkpoints", training.keep_last),
-        log=MetricsLog(accelerator, tmp_path / "log.jsonl"),
+        checkpointer=checkpointer, log=MetricsLog(accelerator, tmp_path / "log.jsonl")
     )
     return accelerator, model, optimizer, scheduler, batches, state, training, context
 
@@ -347,7 +367,7 @@ def test_sigterm_saves_at_the_step_boundary_and_the_run_resumes(tmp_path):
 
     reset_accelerate_state()
     again = loop_parts(tmp_path, PoisonAt(tiny_model(), at=10**9))
-    again[0].load_state(str(latest_checkpoint(tmp_path / "checkpoints")))
+    again[7].checkpointer.restore(latest_checkpoint(tmp_path / "checkpoints"))
     assert again[5].step == 3
     assert train_loop(*again) == "finished"
     assert again[5].step == 8
