@@ -382,10 +382,16 @@ def _inspect(
     if earlier != command:
         if overwrite:
             return _recorded_paths(directory, record), None
+        model = directory / "model"
+        use_model = (
+            f"to start from its model, pass --model {model} with a new {flag}; "
+            if command == "finetune" and (model / "config.json").is_file()
+            else ""
+        )
         raise ConfigError(
             f"{flag} {directory} holds a biotransformer {earlier} run, not a {command} run. "
-            f"Fix: give {flag} another directory, or pass --overwrite to replace the files "
-            "that run wrote (files you added are kept)"
+            f"Fix: {use_model}give {flag} another directory, or pass --overwrite to replace "
+            "the files that run wrote (files you added are kept)"
         )
     kept = list(record.get("kept") or [])
     if resume:

@@ -280,10 +280,10 @@ def test_finetune_and_pretrain_refuse_each_others_runs(pretrain_config, tmp_path
     train = labelled_csv(tmp_path / "train.csv")
     assert main(finetune_args(train, run, "--resume", "latest")) == 2
     err = capsys.readouterr().err
-    assert "holds a checkpoint of a pretraining run" in err
+    assert "holds a biotransformer pretrain run, not a finetune run" in err
     assert f"--model {run / 'model'}" in err
     assert main(finetune_args(train, run)) == 2  # without --resume: the same advice
-    assert "holds a checkpoint of a pretraining run" in capsys.readouterr().err
+    assert "holds a biotransformer pretrain run" in capsys.readouterr().err
 
     out = tmp_path / "finetuned"  # lr 10 diverges at step 2, after a checkpoint at step 1
     assert main(finetune_args(train, out, "--lr", "10", "training.save_every=1")) == 2
@@ -292,7 +292,7 @@ def test_finetune_and_pretrain_refuse_each_others_runs(pretrain_config, tmp_path
     reset_accelerate_state()
     status = main(["pretrain", str(config), "--output-dir", str(out), "--resume", "latest"])
     err = capsys.readouterr().err
-    assert status == 2 and "holds a checkpoint of a fine-tuning run" in err
+    assert status == 2 and "holds a biotransformer finetune run, not a pretrain run" in err
     assert "biotransformer finetune" in err
 
     marker = tmp_path / "ran"
