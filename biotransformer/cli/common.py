@@ -8,7 +8,55 @@ with the model's alphabet (embed, predict). Each flag keeps one name, default an
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from typing import Any
+
+# Value types of numeric flags: each checks its domain, so argparse names the flag, prints the
+# allowed range and exits with status 2 (no traceback) before any work starts.
+
+
+def _number(value: str, kind: type, what: str) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+    if kind is float and not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}: give a finite number")
+    return number
+
+
+def _bounded(kind: type, what: str, ok: Callable[[Any], bool]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        number = _number(value, kind, what)
+        if not ok(number):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+        return number
+
+    parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
+positive_int = _bounded(int, "an integer >= 1", lambda n: n >= 1)
+non_negative_int = _bounded(int, "an integer >= 0", lambda n: n >= 0)
+any_int = _bounded(int, "an integer", lambda n: True)
+positive_float = _bounded(float, "a finite number > 0", lambda x: x > 0)
+non_negative_float = _bounded(float, "a finite number >= 0", lambda x: x >= 0)
+probability = _bounded(float, "a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)
+fraction = _bounded(float, "a number in [0, 1)", lambda x: 0.0 <= x < 1.0)
+open_fraction = _bounded(float, "a number in (0, 1)", lambda x: 0.0 < x < 1.0)
+
+#: Every value type a numeric flag may use; a test checks that each numeric flag uses one.
+NUMERIC_TYPES = (
+    positive_int,
+    non_negative_int,
+    any_int,
+    positive_float,
+    non_negative_float,
+    probability,
+    fraction,
+    open_fraction,
+)
 
 
 def column(value: str) -> str | int:
@@ -35,7 +83,10 @@ def add_column_options(parser: argparse.ArgumentParser) -> None:
 def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
     """``--max-tokens``: the padded tokens of one batch."""
     parser.add_argument(
-        "--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)"
+        "--max-tokens",
+        type=positive_int,
+        default=16384,
+        help="padded tokens per batch (default: 16384)",
     )
 
 
@@ -80,7 +131,7 @@ def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = Tr
     """``--window-overlap``, ``--window-aggregate`` and (with ``rc_average``) ``--rc-average``."""
     parser.add_argument(
         "--window-overlap",
-        type=int,
+        type=non_negative_int,
         default=None,
         metavar="LETTERS",
         help="records longer than the model's max_length are cut into windows overlapping by "

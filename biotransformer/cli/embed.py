@@ -8,6 +8,7 @@ from biotransformer.cli.common import (
     add_column_options,
     add_max_tokens_option,
     add_window_options,
+    any_int,
     load_launched_model,
     read_input_records,
     window_options,
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--layers",
-        type=int,
+        type=any_int,
         nargs="+",
         default=None,
         metavar="L",

@@ -12,6 +12,9 @@ from biotransformer.cli.common import (
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
+    non_negative_int,
+    open_fraction,
+    probability,
     window_options,
 )
 from biotransformer.cli.finetune import add_label_options
@@ -47,17 +50,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=None,
         help="decision threshold for binary classification (default: the stored one, or 0.5)",
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+        "--bootstrap",
+        type=non_negative_int,
+        default=1000,
+        help="bootstrap resamples (default: 1000; 0 skips the confidence intervals)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and masking")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the bootstrap and masking"
+    )
     parser.add_argument(
         "--mask-rate",
-        type=float,
+        type=open_fraction,
         default=0.15,
         help="masked-LM: share of tokens masked for the held-out loss (default: 0.15)",
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.cli.common import any_int, non_negative_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``plot-attention`` command."""
@@ -25,12 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
     parser.add_argument(
         "--layer",
-        type=int,
+        type=any_int,
         default=-1,
         help="encoder layer, 0-based, negative from the end (default: -1, the last)",
     )
     parser.add_argument(
-        "--head", type=int, default=None, help="attention head (default: the mean over heads)"
+        "--head",
+        type=non_negative_int,
+        default=None,
+        help="attention head (default: the mean over heads)",
     )
     parser.set_defaults(handler=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_max_tokens_option, column
+from biotransformer.cli.common import add_max_tokens_option, any_int, column
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--layers",
-        type=int,
+        type=any_int,
         nargs="+",
         default=None,
         metavar="L",

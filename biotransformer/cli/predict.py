@@ -10,6 +10,7 @@ from biotransformer.cli.common import (
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
+    probability,
     read_input_records,
     window_options,
 )
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_column_options(parser)
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=None,
         help="decision threshold for binary/multilabel (default: the stored one, or 0.5)",
     )

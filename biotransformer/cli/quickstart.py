@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import column
+from biotransformer.cli.common import column, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="seed of the generated data, the splits and training (default: 0)",
     )
@@ -59,21 +59,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--pretrain-steps",
-        type=int,
+        type=positive_int,
         default=200,
         help="masked-LM pretraining steps (default: 200)",
     )
     parser.add_argument(
         "--finetune-epochs",
-        type=float,
+        type=positive_float,
         default=1.5,
         help="fine-tuning passes over the training split (default: 1.5)",
     )
     parser.add_argument(
         "--bootstrap",
-        type=int,
+        type=non_negative_int,
         default=1000,
-        help="bootstrap resamples for the 95%% confidence intervals (default: 1000)",
+        help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0 skips "
+        "the intervals)",
     )
     parser.set_defaults(handler=run)
 

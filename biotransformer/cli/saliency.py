@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_column_options
+from biotransformer.cli.common import add_column_options, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,12 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-records",
-        type=int,
+        type=positive_int,
         default=20,
         help="explain at most this many records, the first ones (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="mutants per forward pass (default: %(default)s)"
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="mutants per forward pass (default: %(default)s)",
     )
     add_column_options(parser)
     parser.set_defaults(handler=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.cli.common import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``score-variants`` command."""
@@ -35,13 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=16,
         help="masked sequences per forward pass (default: %(default)s)",
     )
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=16384,
         help="fine-tuned heads: padded tokens per batch (default: %(default)s)",
     )
