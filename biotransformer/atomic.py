@@ -46,9 +46,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: A
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
         _fsync_directory(target.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(target)  # a failed write() names no file; the CLI shows it
         raise
 
 

@@ -1,0 +1,215 @@
+"""Every value is checked against its domain before work starts, and no command prints a
+traceback: numeric flags, the command line's handling of system errors and bugs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from biotransformer.cli import build_parser, main
+from biotransformer.cli import common as cli_common
+from biotransformer.config import ModelConfig
+from biotransformer.finetune import save_model_directory
+from biotransformer.heads import SequenceClassifier
+from biotransformer.inference import TaskInfo
+from biotransformer.tokenizers import Tokenizer
+
+# Values outside each flag type's domain (and one that is no number at all).
+BAD_VALUES = {
+    cli_common.positive_int: ["0", "-1", "1.5", "x"],
+    cli_common.non_negative_int: ["-1", "1.5", "x"],
+    cli_common.any_int: ["1.5", "x"],
+    cli_common.positive_float: ["0", "-1", "nan", "inf", "x"],
+    cli_common.non_negative_float: ["-1", "nan", "inf", "x"],
+    cli_common.probability: ["-0.1", "1.5", "5", "nan", "inf", "x"],
+    cli_common.fraction: ["-0.1", "1", "nan", "inf", "x"],
+    cli_common.open_fraction: ["0", "1", "nan", "inf", "x"],
+}
+GOOD_VALUES = {
+    cli_common.positive_int: ["1", "16384"],
+    cli_common.non_negative_int: ["0", "7"],
+    cli_common.any_int: ["-1", "0", "3"],
+    cli_common.positive_float: ["1e-4", "3"],
+    cli_common.non_negative_float: ["0", "2.5"],
+    cli_common.probability: ["0", "0.5", "1"],
+    cli_common.fraction: ["0", "0.99"],
+    cli_common.open_fraction: ["0.01", "0.5"],
+}
+
+
+def command_parsers(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (command words, parser) reachable from ``parser``, subcommands included."""
+    found = [(prefix, parser)] if prefix else []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                found.extend(command_parsers(subparser, (*prefix, name)))
+    return found
+
+
+def numeric_flags() -> list[tuple[tuple[str, ...], str, object]]:
+    """(command, flag, type) of every flag whose value is a number, from the real parsers."""
+    flags = []
+    for command, parser in command_parsers(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.type in (*BAD_VALUES, int, float):
+                flags.append((command, action.option_strings[0], action.type))
+    return flags
+
+
+NUMERIC_FLAGS = numeric_flags()
+
+
+def test_every_numeric_flag_has_a_domain() -> None:
+    unchecked = [
+        f"{' '.join(command)} {flag}"
+        for command, flag, kind in NUMERIC_FLAGS
+        if kind in (int, float)
+    ]
+    assert not unchecked, f"numeric flags without a domain type from cli.common: {unchecked}"
+    assert len(NUMERIC_FLAGS) >= 30
+    assert set(BAD_VALUES) == set(cli_common.NUMERIC_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [
+        pytest.param(command, flag, value, id=f"{'-'.join(command)}{flag}={value}")
+        for command, flag, kind in NUMERIC_FLAGS
+        for value in BAD_VALUES.get(kind, [])
+    ],
+)
+def test_numeric_flag_refuses_values_outside_its_domain(
+    command: tuple[str, ...], flag: str, value: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*command, f"{flag}={value}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err
+    assert repr(value) in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", cli_common.NUMERIC_TYPES, ids=lambda kind: kind.__name__)
+def test_numeric_types_accept_their_domain(kind) -> None:
+    for value in GOOD_VALUES[kind]:
+        assert kind(value) == (int(value) if "integer" in kind.__name__ else float(value))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained DNA binary classifier."""
+    tokenizer = Tokenizer.from_spec("dna")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(
+        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
+    )
+    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
+    model.tokenizer = tokenizer
+    directory = tmp_path_factory.mktemp("domains") / "model"
+    save_model_directory(model, directory, TaskInfo("classification", ["0", "1"]).to_dict())
+    return directory
+
+
+def write_fasta(path: Path, count: int) -> Path:
+    path.write_text("".join(f">r{i}\n{'ACGT' * 10}\n" for i in range(count)))
+    return path
+
+
+def test_a_full_disk_is_one_line_naming_the_path(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A real full file system: a 64 KiB tmpfs (needs root and mount; skipped otherwise)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny tmpfs needs root and mount(8)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed: {mounted.stderr.decode().strip()}")
+    try:
+        records = write_fasta(tmp_path / "in.fa", 3000)
+        out = disk / "p.tsv"
+        status = main(
+            ["predict", "--model", str(model_dir), "--input", str(records), "--out", str(out)]
+        )
+        err = capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert status == 1
+    assert "Traceback" not in err
+    assert "no space left on device" in err.lower()
+    assert str(disk) in err
+    assert "Fix: free space" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_file_size_limit_is_one_line_naming_the_path(model_dir: Path, tmp_path: Path) -> None:
+    """The same path without root: RLIMIT_FSIZE makes a write fail with EFBIG."""
+    records = write_fasta(tmp_path / "in.fa", 3000)
+    out = tmp_path / "p.tsv"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "biotransformer",
+            "predict",
+            "--model",
+            str(model_dir),
+            "--input",
+            str(records),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "file too large" in result.stderr.lower()
+    assert "ulimit -f" in result.stderr
+    assert not out.exists()
+
+
+def test_an_unexpected_exception_is_one_line_and_a_traceback_only_when_debugging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import biotransformer.cli.datasets as datasets_command
+
+    def broken(args: argparse.Namespace) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(datasets_command, "_list", broken)
+    monkeypatch.delenv("BIOTRANSFORMER_DEBUG", raising=False)
+    assert main(["datasets", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "internal error: ZeroDivisionError: division by zero" in err
+    assert "BIOTRANSFORMER_DEBUG=1" in err
+    assert "Traceback" not in err
+
+    monkeypatch.setenv("BIOTRANSFORMER_DEBUG", "1")
+    assert main(["datasets", "list"]) == 1
+    assert "Traceback" in capsys.readouterr().err
