@@ -18,6 +18,7 @@ import torch
 from biotransformer.cli import build_parser, main
 from biotransformer.cli import common as cli_common
 from biotransformer.config import ModelConfig
+from biotransformer.errors import ConfigError
 from biotransformer.finetune import save_model_directory
 from biotransformer.heads import SequenceClassifier
 from biotransformer.inference import TaskInfo
@@ -213,3 +214,122 @@ def test_an_unexpected_exception_is_one_line_and_a_traceback_only_when_debugging
     monkeypatch.setenv("BIOTRANSFORMER_DEBUG", "1")
     assert main(["datasets", "list"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- config domains
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "0", "-1", "nan", "inf"])
+def test_every_rate_must_be_finite_and_positive(value: str) -> None:
+    from biotransformer.config import load_run_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pretrain_dna_tiny.yaml"
+    with pytest.raises(ConfigError, match=r"training\.lr = .* must be"):
+        load_run_config(recipe, [f"training.lr={value}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.mask_rate=.nan", "data.mask_rate"),
+        ("data.max_tokens=0", "data.max_tokens"),
+        ("data.seed=-1", "data.seed"),
+        ("training.seed=-3", "training.seed"),
+        ("training.eps=0", "training.eps"),
+        ("training.max_grad_norm=.inf", "training.max_grad_norm"),
+        ("training.betas=[0.9, .nan]", "training.betas"),
+        ("training.weight_decay=yes", "training.weight_decay"),
+        ("training.mixed_precision=fp8", "training.mixed_precision"),
+        ("model.dropout=.nan", "ModelConfig.dropout"),
+    ],
+)
+def test_run_config_values_outside_their_domain_are_named(override: str, named: str) -> None:
+    from biotransformer.config import load_run_config
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "pretrain_dna_tiny.yaml"
+    with pytest.raises(ConfigError) as error:
+        load_run_config(recipe, [override])
+    assert named in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["training.lr=[1,", "training.lr={", "training.lr='x", "x=", "training.lr"]
+)
+def test_a_malformed_override_is_one_line_naming_it(
+    override: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    status = main(["pretrain", "pretrain_dna_tiny", override, "--output-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "Traceback" not in err
+    assert repr(override) in err
+    assert "=" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_malformed_finetune_override_names_it(tmp_path: Path) -> None:
+    from biotransformer.finetune import FinetuneConfig, apply_overrides
+
+    config = FinetuneConfig(train="t.csv", output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"override 'training.lr=\[1,'.*not valid YAML"):
+        apply_overrides(config, ["training.lr=[1,"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_length": 0}, "max_length"),
+        ({"bootstrap": -5}, "bootstrap"),
+        ({"epochs": float("nan")}, "epochs"),
+        ({"epochs": float("inf")}, "epochs"),
+        ({"pos_weight": -1.0}, "pos_weight"),
+        ({"rc_augment": float("nan")}, "rc_augment"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"evals_per_epoch": 1.5}, "evals_per_epoch"),
+        ({"tune_threshold": "yes"}, "tune_threshold"),
+    ],
+)
+def test_finetune_config_values_outside_their_domain_are_named(
+    changes: dict, named: str, tmp_path: Path
+) -> None:
+    from biotransformer.finetune import FinetuneConfig
+
+    config = FinetuneConfig(train="t.csv", output_dir=str(tmp_path), **changes)
+    with pytest.raises(ConfigError, match=named):
+        config.validate()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_finetune_rate_override_must_be_finite_and_positive(value: str, tmp_path: Path) -> None:
+    from biotransformer.finetune import FinetuneConfig, apply_overrides
+
+    config = FinetuneConfig(train="t.csv", output_dir=str(tmp_path))
+    apply_overrides(config, [f"training.lr={value}"])
+    with pytest.raises(ConfigError, match=r"training\.lr"):
+        config.validate()
+
+
+def test_quickstart_config_checks_types_and_seed(tmp_path: Path) -> None:
+    from biotransformer.quickstart import QuickstartConfig
+
+    with pytest.raises(ConfigError, match="seed"):
+        QuickstartConfig(output_dir=str(tmp_path), seed=-1).validate()
+    with pytest.raises(ConfigError, match="finetune_epochs"):
+        QuickstartConfig(output_dir=str(tmp_path), finetune_epochs=float("nan")).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on this machine's GPU")
+def test_fp16_on_a_cpu_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    status = main(
+        ["pretrain", "pretrain_dna_tiny", "training.mixed_precision=fp16", "--output-dir", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "training.mixed_precision = 'fp16' needs a GPU" in err
+    assert "bf16" in err
+    assert not (out / "model").exists()
+    assert not (out / "log.jsonl").exists()
