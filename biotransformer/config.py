@@ -483,7 +483,7 @@ def _section_from_dict(cls: type, section: str, values: dict[str, Any]) -> Any:
     converted = {}
     for key, value in values.items():
         value = _coerce_float(value, cls, key)
-        _check_run_type(f"{section}.{key}", value, str(fields[key].type))
+        check_value(f"{section}.{key}", value, str(fields[key].type))
         converted[key] = value
     config = cls(**converted)
     config.validate()
@@ -507,15 +507,26 @@ def _to_float(value: Any) -> Any:
     return value
 
 
-def _check_run_type(name: str, value: Any, annotation: str) -> None:
+def check_value(name: str, value: Any, annotation: str) -> None:
     """``value`` fits ``annotation`` (scalars, unions with None, ``list[...]``) and, when a
     number, is finite: no config value may be NaN or infinite."""
+    if annotation.endswith(" | None"):
+        if value is None:
+            return
+        annotation = annotation[: -len(" | None")]
+    if annotation.startswith("dict[str, "):
+        value_type = annotation[len("dict[str, ") : -1]
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(f"{name} = {value!r} must be a mapping of names to {value_type}")
+        for item in value.values():
+            check_value(name, item, value_type)
+        return
     if annotation.startswith("list["):
         item_type = annotation[len("list[") : -1]
         if not isinstance(value, list):
             raise ConfigError(f"{name} = {value!r} must be a list of {item_type}")
         for item in value:
-            _check_run_type(name, item, item_type)
+            check_value(name, item, item_type)
         return
     if not _matches_annotation(value, annotation):
         raise ConfigError(
@@ -529,7 +540,7 @@ def check_field_types(config: Any, prefix: str) -> None:
     """Check every field of a config dataclass against its annotation (finite numbers too);
     ``prefix`` names the section in messages (``training.lr``)."""
     for field in dataclasses.fields(config):
-        _check_run_type(f"{prefix}{field.name}", getattr(config, field.name), str(field.type))
+        check_value(f"{prefix}{field.name}", getattr(config, field.name), str(field.type))
 
 
 def check_mixed_precision_device(mixed_precision: str) -> None:

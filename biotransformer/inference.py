@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from biotransformer.atomic import atomic_write
 from biotransformer.data.collator import IGNORE_INDEX, MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
-from biotransformer.errors import ConfigError, InputError
+from biotransformer.errors import ConfigError, InputError, ModelDirectoryError
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
@@ -101,10 +101,63 @@ def load_task(model: torch.nn.Module, directory: str | os.PathLike[str]) -> Task
     info = task_of_model(model)
     path = Path(directory) / TASK_FILE
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _read_task_file(path)
+        _check_task_file(saved, info, path)
         info.threshold = saved.get("threshold")
-        info.rc_average = bool(saved.get("rc_average", False))
+        info.rc_average = saved.get("rc_average", False)
     return info
+
+
+def _task_file_error(path: Path, problem: str) -> ModelDirectoryError:
+    return ModelDirectoryError(
+        f"{path}: {problem}. Fix: put back the task.json written with this model (or delete it "
+        "to use the defaults: threshold 0.5, no strand averaging)"
+    )
+
+
+def _read_task_file(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _task_file_error(path, f"not valid JSON ({error})") from None
+    if not isinstance(saved, dict):
+        raise _task_file_error(path, f"a JSON {type(saved).__name__}, not an object")
+    return saved
+
+
+def _is_probability(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= 1.0
+    )
+
+
+def _check_task_file(saved: dict[str, Any], info: TaskInfo, path: Path) -> None:
+    """Each field of ``task.json`` has its type and agrees with the model it sits beside."""
+    task = saved.get("task", info.task)
+    if task not in TASKS:
+        raise _task_file_error(path, f"task = {task!r} is not one of {list(TASKS)}")
+    if task != info.task:
+        raise _task_file_error(path, f"task = {task!r}, but the model is a {info.task} model")
+    labels = saved.get("labels", info.labels)
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise _task_file_error(path, f"labels = {labels!r} must be a list of label names")
+    if labels != info.labels:
+        raise _task_file_error(path, f"labels = {labels!r}, but the model's are {info.labels!r}")
+    threshold = saved.get("threshold")
+    if isinstance(threshold, list) and task == "multilabel":
+        if len(threshold) != len(info.labels) or not all(map(_is_probability, threshold)):
+            raise _task_file_error(
+                path,
+                f"threshold = {threshold!r} must hold one number in [0, 1] per label "
+                f"({len(info.labels)})",
+            )
+    elif threshold is not None and not _is_probability(threshold):
+        raise _task_file_error(path, f"threshold = {threshold!r} must be a number in [0, 1]")
+    if not isinstance(saved.get("rc_average", False), bool):
+        raise _task_file_error(path, f"rc_average = {saved['rc_average']!r} must be true or false")
 
 
 def launched_accelerator() -> Any:

@@ -4,6 +4,7 @@ traceback: numeric flags, the command line's handling of system errors and bugs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -333,3 +334,181 @@ def test_fp16_on_a_cpu_is_refused_before_any_work(
     assert "bf16" in err
     assert not (out / "model").exists()
     assert not (out / "log.jsonl").exists()
+
+
+# ------------------------------------------------------------------ model directory files
+
+
+@pytest.fixture
+def model_copy(model_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny classifier, to damage."""
+    return Path(shutil.copytree(model_dir, tmp_path / "model"))
+
+
+def predict_with(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run ``predict`` with ``model`` on a small FASTA; (exit status, stderr)."""
+    records = write_fasta(tmp_path / "in.fa", 4)
+    status = main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--input",
+            str(records),
+            "--out",
+            str(tmp_path / "p.tsv"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
+def edit_json(path: Path, change) -> None:
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps(change(document)))
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("5", "a JSON int, not an object"),
+        ("null", "a JSON NoneType, not an object"),
+        ('["model"]', "a JSON list, not an object"),
+        ("{", "not valid JSON"),
+    ],
+)
+def test_a_config_json_that_is_not_an_object_is_named(
+    text: str, says: str, model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (model_copy / "config.json").write_text(text)
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert f"{model_copy / 'config.json'}: {says}" in err
+    assert "Fix:" in err and "save_pretrained" not in err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("format_version", "1", "format_version = '1' must be a whole number"),
+        ("format_version", 1.5, "format_version = 1.5 must be a whole number"),
+        ("format_version", True, "format_version = True must be a whole number"),
+        ("format_version", 99, "format_version 99 is newer"),
+        ("model_type", 3, "field 'model_type'"),
+        ("model", "tiny", "field 'model'"),
+        ("head", [1], "field 'head'"),
+        ("tokenizer", {"spec": "dna"}, "field 'tokenizer' must hold"),
+    ],
+)
+def test_config_json_fields_are_typed(
+    field: str,
+    value: object,
+    says: str,
+    model_copy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    edit_json(model_copy / "config.json", lambda document: {**document, field: value})
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert "config.json" in err and says in err
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("model", "hidden_size", "16"),
+        ("model", "dropout", None),
+        ("head", "num_labels", "2"),
+        ("head", "label2id", ["0", "1"]),
+        ("head", "pooling", 1),
+    ],
+)
+def test_config_json_model_and_head_values_are_typed(
+    section: str,
+    key: str,
+    value: object,
+    model_copy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    def change(document: dict) -> dict:
+        document[section][key] = value
+        return document
+
+    edit_json(model_copy / "config.json", change)
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert "config.json" in err and key in err
+    assert "re-save the model with biotransformer" in err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
+        ("threshold", 5, "threshold = 5 must be a number in [0, 1]"),
+        ("threshold", float("nan"), "threshold = nan must be a number in [0, 1]"),
+        ("threshold", [0.5, 0.5], "threshold = [0.5, 0.5] must be a number"),
+        ("threshold", True, "threshold = True must be a number"),
+        ("rc_average", "yes", "rc_average = 'yes' must be true or false"),
+        ("rc_average", 1, "rc_average = 1 must be true or false"),
+        ("labels", ["a", "b"], "labels = ['a', 'b'], but the model's are ['0', '1']"),
+        ("labels", "01", "labels = '01' must be a list"),
+        ("task", "regression", "task = 'regression', but the model is a classification model"),
+        ("task", "spam", "task = 'spam' is not one of"),
+    ],
+)
+def test_task_json_fields_are_typed_and_agree_with_the_model(
+    field: str,
+    value: object,
+    says: str,
+    model_copy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    edit_json(model_copy / "task.json", lambda document: {**document, field: value})
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert f"{model_copy / 'task.json'}: {says}" in err
+    assert "Fix: put back the task.json" in err
+
+
+def test_a_valid_task_json_threshold_decides(
+    model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    edit_json(model_copy / "task.json", lambda document: {**document, "threshold": 0.0})
+    status, _ = predict_with(model_copy, tmp_path, capsys)
+    assert status == 0
+    rows = (tmp_path / "p.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[1] for row in rows] == ["1"] * 4  # P >= 0 always
+
+
+def test_a_tokenizer_with_other_options_is_refused(
+    model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same vocabulary size, other options: it would change the ids, so it is refused."""
+    other = Tokenizer.from_spec("dna:cls=false")
+    assert other.vocab_size == Tokenizer.from_spec("dna").vocab_size
+    other.save(model_copy)
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert f"{model_copy / 'tokenizer.json'}: not the tokenizer this model was saved with" in err
+    assert "its spec differs" in err
+    assert "Fix: put back the tokenizer.json saved with this model" in err
+
+
+def test_a_directory_saved_before_the_tokenizer_record_still_loads(
+    model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    edit_json(
+        model_copy / "config.json",
+        lambda document: {k: v for k, v in document.items() if k != "tokenizer"},
+    )
+    assert predict_with(model_copy, tmp_path, capsys)[0] == 0
+    # what can still be checked without the record: the vocabulary size and special ids
+    Tokenizer.from_spec("dna-kmer:k=2").save(model_copy)
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert "tokens, but config.json says vocab_size" in err
