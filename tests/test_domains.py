@@ -512,3 +512,154 @@ def test_a_directory_saved_before_the_tokenizer_record_still_loads(
     status, err = predict_with(model_copy, tmp_path, capsys)
     assert status == 2
     assert "tokens, but config.json says vocab_size" in err
+
+
+# ------------------------------------------------------------------ imported checkpoints
+
+
+def fair_esm_file(path: Path, **changes: object) -> Path:
+    """A small ESM-2 checkpoint laid out as fair-esm saves one (built from our own MaskedLM
+    through the key mapping), with ``changes`` applied to the top-level dict."""
+    import argparse as argparse_module
+
+    from biotransformer.heads import MaskedLM
+    from biotransformer.interop import fair_esm_names
+    from biotransformer.tokenizers import ESM2_TOKENS
+
+    config = ModelConfig(
+        vocab_size=len(ESM2_TOKENS),
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        ffn_size=64,
+        pad_id=1,
+        mask_id=32,
+    )
+    ours = MaskedLM(config).state_dict()
+    state = {}
+    for key, theirs in fair_esm_names(config).items():
+        for name, part in zip(theirs, torch.chunk(ours[key], len(theirs)), strict=True):
+            state[f"encoder.sentence_encoder.{name}"] = part.clone()
+    cfg = argparse_module.Namespace(
+        encoder_layers=1, encoder_embed_dim=16, encoder_attention_heads=2, token_dropout=False
+    )
+    torch.save({"model": state, "cfg": {"model": cfg}, **changes}, path)
+    return path
+
+
+def convert(source: str, path: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    status = main(["convert", "--from", source, str(path), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return status, captured.err
+
+
+def test_a_well_formed_fair_esm_file_converts(tmp_path: Path, capsys: pytest.CaptureFixture):
+    status, err = convert("fair-esm", fair_esm_file(tmp_path / "esm2.pt"), tmp_path, capsys)
+    assert status == 0, err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("truncate", "not a readable PyTorch checkpoint"),
+        ("not-a-zip", "refused by torch.load(weights_only=True)"),
+        ("empty", "not a readable PyTorch checkpoint"),
+        ("no-cfg", "not a fair-esm ESM-2 checkpoint"),
+        ("cfg-list", "not a fair-esm ESM-2 checkpoint"),
+        ("no-layers-key", "not a fair-esm ESM-2 checkpoint"),
+        ("model-not-tensors", "not a fair-esm ESM-2 checkpoint"),
+        ("missing-weight", "the checkpoint lacks"),
+        ("a-list", "not a fair-esm ESM-2 checkpoint"),
+        ("directory", "not found or not a file"),
+    ],
+)
+def test_a_malformed_fair_esm_file_is_one_line_naming_it(
+    damage: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import argparse as argparse_module
+
+    path = tmp_path / "esm2.pt"
+    if damage in ("truncate", "not-a-zip", "empty"):
+        data = fair_esm_file(path).read_bytes()
+        path.write_bytes(
+            {"truncate": data[: len(data) // 2], "not-a-zip": b"\x80\x02}q" * 50, "empty": b""}[
+                damage
+            ]
+        )
+    elif damage == "no-cfg":
+        fair_esm_file(path)
+        torch.save({"model": {}}, path)
+    elif damage == "cfg-list":
+        fair_esm_file(path, cfg=[1, 2])
+    elif damage == "no-layers-key":
+        fair_esm_file(path, cfg={"model": argparse_module.Namespace(encoder_embed_dim=16)})
+    elif damage == "model-not-tensors":
+        fair_esm_file(path, model={"x": 1})
+    elif damage == "missing-weight":
+        data = torch.load(fair_esm_file(path), weights_only=False)
+        data["model"].pop(next(iter(data["model"])))
+        torch.save(data, path)
+    elif damage == "a-list":
+        torch.save([1, 2, 3], path)
+    else:
+        path.mkdir()
+    status, err = convert("fair-esm", path, tmp_path, capsys)
+    assert status == 2
+    assert f"{path}: " in err and says in err
+    assert "Fix: pass an ESM-2 checkpoint file" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("no-config", "config.json: not found"),
+        ("config-not-json", "config.json: cannot be read by transformers"),
+        ("bert", "model_type 'bert' is not 'esm'"),
+        ("unknown-model-type", "config.json: cannot be read by transformers"),
+        ("no-weights", "its weights cannot be loaded"),
+        ("truncated-weights", "its weights cannot be loaded"),
+        ("a-file", "not a directory"),
+    ],
+)
+def test_a_malformed_hf_directory_is_one_line_naming_it(
+    damage: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    directory = tmp_path / "hf"
+    config = transformers.EsmConfig(
+        vocab_size=33,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        pad_token_id=1,
+        mask_token_id=32,
+    )
+    transformers.EsmForMaskedLM(config).save_pretrained(directory)
+    weights = directory / "model.safetensors"
+    if damage == "no-config":
+        (directory / "config.json").unlink()
+    elif damage == "config-not-json":
+        (directory / "config.json").write_text("{")
+    elif damage == "bert":
+        transformers.BertConfig(hidden_size=16, num_attention_heads=2).save_pretrained(directory)
+    elif damage == "unknown-model-type":
+        edit_json(directory / "config.json", lambda document: {**document, "model_type": "zzz"})
+    elif damage == "no-weights":
+        weights.unlink()
+    elif damage == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:
+        shutil.rmtree(directory)
+        directory.write_text("x")
+    capsys.readouterr()  # transformers' own progress output while saving the fixture
+    status, err = convert("hf", directory, tmp_path, capsys)
+    assert status == 2
+    assert str(directory) in err and says in err
+    assert "Fix: pass a local HuggingFace ESM directory" in err
+    assert len(err.strip().splitlines()) == 1
