@@ -136,6 +136,7 @@ class ReadOptions:
     label_from: str | None = None
     labels_file: str | None = None
     group_column: str | int | None = None
+    duplicate_ids: str = "error"
 
 
 @dataclass
@@ -314,6 +315,7 @@ def read_labelled(
             labels_file=read.labels_file,
             label_type=LABEL_TYPES[task] if labelled else None,
             alphabet=alphabet,
+            duplicate_ids=read.duplicate_ids,
         )
     )
     if not records:

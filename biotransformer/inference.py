@@ -39,7 +39,13 @@ from biotransformer.errors import ConfigError, InputError, ModelDirectoryError
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
-from biotransformer.windows import WindowOptions, WindowPlan, plan_windows, tokens_to_bases
+from biotransformer.windows import (
+    WindowOptions,
+    WindowPlan,
+    encode_records,
+    plan_windows,
+    tokens_to_bases,
+)
 
 TASK_FILE = "task.json"
 TASKS = ("classification", "multilabel", "regression", "token-classification", "masked-lm")
@@ -205,7 +211,7 @@ class RecordDataset(Dataset):
             warnings.simplefilter("always")
             for start in range(0, len(self.records), ENCODE_CHUNK):
                 chunk = self.records[start : start + ENCODE_CHUNK]
-                batch = self._encode(tokenizer, chunk, max_length, start)
+                batch = encode_records(tokenizer, chunk, max_length=max_length, return_offsets=True)
                 lengths = batch["attention_mask"].sum(axis=1)
                 for row, length, record, offsets in zip(
                     batch["input_ids"], lengths, chunk, batch["offsets"], strict=True
@@ -222,28 +228,6 @@ class RecordDataset(Dataset):
             )
         self.lengths = np.array([len(ids) for ids in self.ids], dtype=np.int64)
 
-    @staticmethod
-    def _encode(
-        tokenizer: Any, chunk: Sequence[SequenceRecord], max_length: int | None, start: int
-    ) -> dict[str, Any]:
-        try:
-            return tokenizer.encode_batch(
-                [record.sequence for record in chunk], max_length=max_length, return_offsets=True
-            )
-        except InputError as error:
-            row = next(
-                (i for i, record in enumerate(chunk) if not _encodes(tokenizer, record.sequence)),
-                0,
-            )
-            record = chunk[row]
-            raise InputError(
-                error.problem.split(" (sequence")[0],
-                record=record.id,
-                line=record.line,
-                position=error.position,
-                fix=error.fix,
-            ) from None
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -252,14 +236,6 @@ class RecordDataset(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
-
-
-def _encodes(tokenizer: Any, sequence: str) -> bool:
-    try:
-        tokenizer.encode_batch([sequence])
-    except InputError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

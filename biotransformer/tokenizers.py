@@ -621,13 +621,15 @@ class Tokenizer:
             else:
                 fix = "split the record at the stop or remove the '*'"
         else:
-            kind = "amino acid" if self.alphabet == "protein" else "DNA base"
-            problem, fix = f"character {char!r} is not a {kind}", f"valid letters: {self.letters}"
-        raise InputError(
+            kind = "an amino acid" if self.alphabet == "protein" else "a DNA base"
+            problem, fix = f"character {char!r} is not {kind}", f"valid letters: {self.letters}"
+        error = InputError(
             f"{problem} for scheme {self.scheme}{in_batch}",
             position=where - bounds[row] + 1,
             fix=fix,
         )
+        error.batch_row = row  # which sequence of the batch, for callers that know its record
+        raise error
 
     def normalize(self, seq: str) -> str:
         """The sequence as the scheme reads it: validated, uppercased, trailing stop removed."""

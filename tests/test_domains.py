@@ -663,3 +663,98 @@ def test_a_malformed_hf_directory_is_one_line_naming_it(
     assert str(directory) in err and says in err
     assert "Fix: pass a local HuggingFace ESM directory" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------ messages for the command line
+
+
+@pytest.fixture(scope="module")
+def protein_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained protein binary classifier."""
+    tokenizer = Tokenizer.from_spec("protein")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(
+        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
+    )
+    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
+    model.tokenizer = tokenizer
+    directory = tmp_path_factory.mktemp("domains-protein") / "model"
+    save_model_directory(model, directory, TaskInfo("classification", ["0", "1"]).to_dict())
+    return directory
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "saliency"])
+def test_a_letter_the_tokenizer_refuses_names_the_file_and_the_record(
+    command: str, protein_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    records = tmp_path / "p.fa"
+    records.write_text(">ok\nMKVL\n>bad\nMKVJL\n")
+    out = tmp_path / ("o.h5" if command == "embed" else "o")
+    argv = [command, "--model", str(protein_model_dir), "--input", str(records)]
+    status, err = run_cli([*argv, "--out", str(out)], capsys)
+    assert status == 2
+    assert f"{records}, line 3, record 'bad', position 4: character 'J' is not an amino acid" in err
+    assert "of the batch" not in err
+
+
+def test_protein_input_to_a_dna_model_says_use_a_protein_model(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    records = tmp_path / "p.fa"
+    records.write_text(">p\nMKVLAAGIVGLLLAQW\n")
+    argv = ["predict", "--model", str(model_dir), "--input", str(records)]
+    status, err = run_cli([*argv, "--out", str(tmp_path / "o.tsv")], capsys)
+    assert status == 2
+    assert "this looks like protein, not DNA" in err
+    assert "Fix: use a protein model" in err
+    assert "alphabet=" not in err
+
+
+def test_duplicate_ids_name_the_flag_that_accepts_them(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    records = tmp_path / "d.fa"
+    records.write_text(">a\nACGTACGT\n>a\nACGTAAAA\n")
+    argv = ["predict", "--model", str(model_dir), "--input", str(records)]
+    argv += ["--out", str(tmp_path / "o.tsv")]
+    status, err = run_cli(argv, capsys)
+    assert status == 2
+    assert "duplicate id" in err and "--duplicate-ids warn" in err
+    with pytest.warns(UserWarning, match="duplicate id"):
+        status = main([*argv, "--duplicate-ids", "warn"])
+    assert status == 0
+    assert len((tmp_path / "o.tsv").read_text().splitlines()) == 3
+
+
+def test_reading_options_are_named_as_flags(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("sequence,label\nACGTACGT,1\nACGTAAAA,0\n")
+    base = ["evaluate", "--model", str(model_dir), "--data", str(table), "--bootstrap", "0"]
+    status, err = run_cli([*base, "--label-column", "y"], capsys)
+    assert status == 2
+    assert "no column 'y'" in err and "give --label-column (label_column= in Python)" in err
+    status, err = run_cli([*base, "--label-from", "key:class"], capsys)
+    assert status == 2
+    assert "--label-from (label_from= in Python) reads FASTA/FASTQ headers" in err
+    assert "use --label-column" in err
+
+
+def test_a_model_directory_message_names_no_python_method(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    records = write_fasta(tmp_path / "in.fa", 2)
+    argv = ["predict", "--model", str(tmp_path), "--input", str(records)]
+    status, err = run_cli([*argv, "--out", str(tmp_path / "o.tsv")], capsys)
+    assert status == 2
+    assert "config.json: not found" in err
+    assert "written by biotransformer (finetune, pretrain or convert)" in err
+    assert "save_pretrained" not in err

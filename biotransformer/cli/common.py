@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # Value types of numeric flags: each checks its domain, so argparse names the flag, prints the
@@ -64,8 +65,20 @@ def column(value: str) -> str | int:
     return int(value) if value.isdigit() else value
 
 
+def add_duplicate_ids_option(parser: argparse._ActionsContainer) -> None:
+    """``--duplicate-ids``: what reading does with a record id seen before."""
+    from biotransformer.io import DUPLICATE_ID_POLICIES
+
+    parser.add_argument(
+        "--duplicate-ids",
+        choices=DUPLICATE_ID_POLICIES,
+        default="error",
+        help="a record id seen twice: error (default), warn (keep both, say so) or allow",
+    )
+
+
 def add_column_options(parser: argparse.ArgumentParser) -> None:
-    """``--sequence-column`` and ``--id-column`` of an unlabelled CSV/TSV input."""
+    """``--sequence-column``, ``--id-column`` and ``--duplicate-ids`` of an unlabelled input."""
     parser.add_argument(
         "--sequence-column",
         type=column,
@@ -78,6 +91,7 @@ def add_column_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CSV/TSV column of the ids (default: FILE:LINE)",
     )
+    add_duplicate_ids_option(parser)
 
 
 def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
@@ -113,18 +127,55 @@ def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
 
 
 def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
-    """Every unlabelled record of ``--input``, checked against the model's alphabet."""
+    """Every unlabelled record of ``--input``, checked against the model's alphabet (a
+    record of the other alphabet is refused with the fix for this command: another model)."""
+    from biotransformer.errors import InputError
     from biotransformer.io import read_sequences
 
-    return list(
-        read_sequences(
-            args.input,
-            sequence_column=args.sequence_column,
-            id_column=args.id_column,
-            label_column=None,
-            alphabet=model.tokenizer.alphabet,
+    try:
+        return list(
+            read_sequences(
+                args.input,
+                sequence_column=args.sequence_column,
+                id_column=args.id_column,
+                label_column=None,
+                alphabet=model.tokenizer.alphabet,
+                duplicate_ids=args.duplicate_ids,
+            )
         )
-    )
+    except InputError as error:
+        if not error.problem.startswith("this looks like"):
+            raise
+        other = "DNA" if model.tokenizer.alphabet == "protein" else "protein"
+        raise InputError(
+            f"{error.problem}, and --model {args.model} reads {model.tokenizer.alphabet}",
+            path=error.path,
+            record=error.record,
+            line=error.line,
+            fix=f"use a {other} model, or check the file",
+        ) from None
+
+
+@contextmanager
+def naming_input(path: str, record: Any = None) -> Iterator[None]:
+    """Errors about a record (tokenising, windows, labels) name the input file it came from
+    and, when the work was on one ``record``, that record."""
+    from biotransformer.errors import InputError
+
+    try:
+        yield
+    except InputError as error:
+        if error.record is None and record is not None:
+            error = InputError(
+                error.problem,
+                record=record.id,
+                line=record.line,
+                position=error.position,
+                fix=error.fix,
+            )
+        if error.record is None:
+            raise
+        raise error.with_path(path) from None
 
 
 def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = True) -> None:

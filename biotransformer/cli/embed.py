@@ -10,6 +10,7 @@ from biotransformer.cli.common import (
     add_window_options,
     any_int,
     load_launched_model,
+    naming_input,
     read_input_records,
     window_options,
 )
@@ -55,15 +56,16 @@ def run(args: argparse.Namespace) -> int:
 
     accelerator, model = load_launched_model(args)
     records = read_input_records(args, model)
-    embeddings = embed_records(
-        model,
-        records,
-        layers=args.layers,
-        per_token=args.per_token,
-        max_tokens=args.max_tokens,
-        accelerator=accelerator,
-        windows=window_options(args),
-    )
+    with naming_input(args.input):
+        embeddings = embed_records(
+            model,
+            records,
+            layers=args.layers,
+            per_token=args.per_token,
+            max_tokens=args.max_tokens,
+            accelerator=accelerator,
+            windows=window_options(args),
+        )
     if not is_main(accelerator):
         return 0
     write_embeddings_h5(

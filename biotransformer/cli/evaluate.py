@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         id_column=args.id_column,
         label_from=args.label_from,
         labels_file=args.labels_file,
+        duplicate_ids=args.duplicate_ids,
     )
     masked_lm = task.task == "masked-lm"
     records = read_labelled(

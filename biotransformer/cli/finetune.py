@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.common import (
+    add_duplicate_ids_option,
     column,
     fraction,
     non_negative_int,
@@ -54,6 +55,7 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a CSV/TSV sidecar table with an id and a label column, matched by record id",
     )
+    add_duplicate_ids_option(group)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -277,6 +279,7 @@ def build_config(args: argparse.Namespace) -> object:
             label_from=args.label_from,
             labels_file=args.labels_file,
             group_column=args.group_column,
+            duplicate_ids=args.duplicate_ids,
         ),
     )
     config.training.seed = args.seed

@@ -10,6 +10,7 @@ from biotransformer.cli.common import (
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
+    naming_input,
     probability,
     read_input_records,
     window_options,
@@ -50,15 +51,16 @@ def run(args: argparse.Namespace) -> int:
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
     records = read_input_records(args, model)
-    predictions = predict_records(
-        model,
-        records,
-        task,
-        max_tokens=args.max_tokens,
-        accelerator=accelerator,
-        windows=window_options(args),
-        rc_average=args.rc_average,
-    )
+    with naming_input(args.input):
+        predictions = predict_records(
+            model,
+            records,
+            task,
+            max_tokens=args.max_tokens,
+            accelerator=accelerator,
+            windows=window_options(args),
+            rc_average=args.rc_average,
+        )
     if not is_main(accelerator):
         return 0
     write_predictions_tsv(predictions, args.out)

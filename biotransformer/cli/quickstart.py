@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import column, non_negative_int, positive_float, positive_int
+from biotransformer.cli.common import (
+    add_duplicate_ids_option,
+    column,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="with a FASTA --data: labels from the header, e.g. key:class or field:1",
     )
+    add_duplicate_ids_option(parser)
     parser.add_argument(
         "--pretrain-steps",
         type=positive_int,
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             sequence_column=args.sequence_column,
             label_column=args.label_column,
             label_from=args.label_from,
+            duplicate_ids=args.duplicate_ids,
         ),
         pretrain_steps=args.pretrain_steps,
         finetune_epochs=args.finetune_epochs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_column_options, positive_int
+from biotransformer.cli.common import add_column_options, naming_input, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
         sequence_column=args.sequence_column,
         id_column=args.id_column,
         label_column=None,
+        duplicate_ids=args.duplicate_ids,
     )
     count = 0
     for record in islice(records, args.max_records):
-        result = explain(model, task, record, target=args.target, batch_size=args.batch_size)
+        with naming_input(args.input, record):
+            result = explain(model, task, record, target=args.target, batch_size=args.batch_size)
         write_saliency(result, args.out)
         count += 1
     print(f"saliency of {count} records written to {args.out}")
