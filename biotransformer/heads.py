@@ -592,8 +592,9 @@ def _check_tokenizer_matches(
     tokenizer: Any, document: dict[str, Any], config: ModelConfig, path: Path
 ) -> None:
     """Refuse a ``tokenizer.json`` other than the one the model was saved with: against the
-    record in ``config.json`` when there is one (directories saved before it existed: the
-    vocabulary size and the special ids the model config holds)."""
+    record in ``config.json`` when there is one; directories saved before it existed are
+    checked for the vocabulary size only (their ``pad_id``/``mask_id`` are the model's own and
+    may differ from the tokenizer's, as a model built without them does)."""
     fix = "Fix: put back the tokenizer.json saved with this model"
     recorded = document.get("tokenizer")
     if recorded is not None:
@@ -617,13 +618,6 @@ def _check_tokenizer_matches(
             f"{path}: {tokenizer.vocab_size} tokens, but {CONFIG_FILE} says vocab_size = "
             f"{config.vocab_size}. {fix}"
         )
-    for name in ("pad_id", "mask_id"):
-        saved = getattr(config, name)
-        if saved is not None and saved != getattr(tokenizer, name):
-            raise ModelDirectoryError(
-                f"{path}: {name} = {getattr(tokenizer, name)}, but {CONFIG_FILE} says {name} = "
-                f"{saved}. {fix}"
-            )
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
