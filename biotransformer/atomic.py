@@ -79,8 +79,10 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_directory(target.parent)
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(target)  # a failed write() names no file; the CLI shows it
         raise
 
 

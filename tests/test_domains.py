@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,10 +131,10 @@ def write_fasta(path: Path, count: int) -> Path:
     return path
 
 
-def test_a_full_disk_is_one_line_naming_the_path(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """A real full file system: a 64 KiB tmpfs (needs root and mount; skipped otherwise)."""
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, nearly full file system: a 64 KiB tmpfs (needs root and mount; skipped
+    otherwise), unmounted afterwards."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -143,21 +144,38 @@ def test_a_full_disk_is_one_line_naming_the_path(
     )
     if mounted.returncode != 0:
         pytest.skip(f"mount -t tmpfs failed: {mounted.stderr.decode().strip()}")
-    try:
-        records = write_fasta(tmp_path / "in.fa", 3000)
-        out = disk / "p.tsv"
-        status = main(
-            ["predict", "--model", str(model_dir), "--input", str(records), "--out", str(out)]
-        )
-        err = capsys.readouterr().err
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
-    assert status == 1
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "prepare"])
+def test_a_full_disk_is_one_line_naming_the_path(
+    command: str, model_dir: Path, tmp_path: Path, full_disk: Path
+) -> None:
+    """Each command writes more than the disk holds (a TSV, an HDF5 file, HDF5 shards): exit
+    1, one line naming where it wrote and the fix; in a child process, as HDF5 could crash it."""
+    records = write_fasta(tmp_path / "in.fa", 3000)
+    if command == "prepare":
+        argv = ["prepare", str(records), "--tokenizer", "dna", "--quiet"]
+        argv += ["--out", str(full_disk / "shards")]
+    else:
+        argv = [command, "--model", str(model_dir), "--input", str(records)]
+        argv += ["--out", str(full_disk / ("e.h5" if command == "embed" else "p.tsv"))]
+    result = subprocess.run(
+        [sys.executable, "-m", "biotransformer", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=120,
+    )
+    err = result.stderr
+    assert result.returncode == 1, err
     assert "Traceback" not in err
     assert "no space left on device" in err.lower()
-    assert str(disk) in err
+    assert str(full_disk) in err
     assert "Fix: free space" in err
     assert len(err.strip().splitlines()) == 1
+    assert not [p for p in full_disk.rglob("*") if p.is_file()]  # nothing half-written left
 
 
 def test_a_file_size_limit_is_one_line_naming_the_path(model_dir: Path, tmp_path: Path) -> None:

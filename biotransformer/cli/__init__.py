@@ -8,7 +8,8 @@ No command prints a traceback. Exit statuses: 0 success; 2 a bad flag or input (
 usage errors and every ``BioTransformerError``: one line naming the flag, file or record and
 the fix); 1 the system refused (an ``OSError``: disk full, permission denied... one line naming
 the path and the fix) or an internal error (a bug: one line, the traceback only with
-``BIOTRANSFORMER_DEBUG=1``); 130 interrupted.
+``BIOTRANSFORMER_DEBUG=1``); 130 interrupted; 141 (quietly) when the reader of stdout went
+away, as in ``biotransformer datasets list | head -1``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -74,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("biotransformer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as error:
         _debug_traceback()
         print(f"biotransformer: error: {os_error_message(error)}", file=sys.stderr)
@@ -111,11 +116,21 @@ _OS_FIXES: dict[int, str] = {
 
 
 def os_error_message(error: OSError) -> str:
-    """One line for an ``OSError``: the path, what the system said, and a fix."""
+    """One line for an ``OSError``: the path, what the system said, and a fix. HDF5's errors
+    (through h5py) carry the error number, file and message inside their text: read there."""
+    text = str(error)
+    number = error.errno
+    if number is None and (found := re.search(r"errno = (\d+)", text)):
+        number = int(found[1])
     paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    if not paths and (found := re.search(r"filename = '([^']+)'", text)):
+        paths = [found[1]]
+    reason = error.strerror or text
+    if found := re.search(r"error message = '([^']+)'", reason):
+        reason = found[1]
+    reason = " ".join(reason.split())
     where = f"{' -> '.join(paths)}: " if paths else ""
-    reason = error.strerror or str(error)
-    fix = _OS_FIXES.get(error.errno or -1, "check the path and the file system")
+    fix = _OS_FIXES.get(number or -1, "check the path and the file system")
     return f"{where}{reason[:1].lower()}{reason[1:]}. Fix: {fix}"
 
 

@@ -13,11 +13,13 @@ last and atomically, marks the directory complete. ``docs/data-format.md`` lists
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -475,6 +477,7 @@ def prepare_corpus(
         str(out), skipped=False, split_by="records" if split_by_records else "blocks"
     )
     total_bases = sum(record.length for record in all_records)
+    _require_space(out, _expected_bytes(total_bases, len(all_records), tokenizer, geometry))
     encoder = _WindowEncoder(tokenizer, writers)
     with _progress_bar(total_bases, progress) as bar:
         for source in sources:
@@ -534,6 +537,31 @@ def prepare_corpus(
     with atomic_write(out / MANIFEST) as handle:
         json.dump(manifest, handle, indent=2)
     return summary
+
+
+def _expected_bytes(bases: int, records: int, tokenizer: Tokenizer, geometry: _Geometry) -> int:
+    """About what the shards of ``bases`` bases take on disk: the tokens (a BPE token counted
+    as 8 bases, more than most hold), every window's offsets, start, end and id, and a first
+    HDF5 chunk per split."""
+    bases_per_token = 8 if tokenizer.scheme == "dna-bpe" else tokenizer.stride
+    overlap = max(1.0, geometry.window_bases / geometry.step_bases)
+    tokens = bases * overlap / bases_per_token
+    windows = bases // geometry.step_bases + records
+    itemsize = _token_dtype(tokenizer.vocab_size).itemsize
+    return int(tokens * itemsize + windows * 48 + len(SPLITS) * (1 << 18))
+
+
+def _require_space(directory: Path, needed: int) -> None:
+    """Refuse to start when the file system cannot hold the shards: HDF5 fails badly (it can
+    crash the process) when a disk fills up in the middle of a write."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: the shards need about {needed / 1e6:.1f} MB and "
+            f"{free / 1e6:.1f} MB are free",
+            str(directory),
+        )
 
 
 class _WindowCutter:
