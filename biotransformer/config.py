@@ -420,9 +420,11 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
     """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text. Fix: give a YAML run config") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     for override in overrides:
@@ -518,8 +520,8 @@ def check_value(name: str, value: Any, annotation: str) -> None:
         value_type = annotation[len("dict[str, ") : -1]
         if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
             raise ConfigError(f"{name} = {value!r} must be a mapping of names to {value_type}")
-        for item in value.values():
-            check_value(name, item, value_type)
+        for key, item in value.items():
+            check_value(f"{name}.{key}", item, value_type)
         return
     if annotation.startswith("list["):
         item_type = annotation[len("list[") : -1]
@@ -541,6 +543,16 @@ def check_field_types(config: Any, prefix: str) -> None:
     ``prefix`` names the section in messages (``training.lr``)."""
     for field in dataclasses.fields(config):
         check_value(f"{prefix}{field.name}", getattr(config, field.name), str(field.type))
+
+
+def check_model_overrides(values: dict[str, Any], prefix: str = "model.") -> None:
+    """Each ``model.KEY`` override names a ModelConfig field and has its type (checked before
+    the tokenizer, which sets the vocabulary, is known)."""
+    fields = {field.name: str(field.type) for field in dataclasses.fields(ModelConfig)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {prefix}{key}{_suggest(key, list(fields))}")
+        check_value(f"{prefix}{key}", value, fields[key])
 
 
 def check_mixed_precision_device(mixed_precision: str) -> None:

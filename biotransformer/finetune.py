@@ -44,8 +44,10 @@ from biotransformer.checkpointing import Checkpointer, resolve_resume
 from biotransformer.config import (
     ModelConfig,
     TrainingConfig,
+    _coerce_float,
     _suggest,
     check_field_types,
+    check_model_overrides,
     parse_override_value,
 )
 from biotransformer.data.collator import PaddingCollator
@@ -200,6 +202,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad value."""
         check_field_types(self, "")
+        check_model_overrides(self.model)
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r} is not one of {list(TASKS)}")
         if self.model_dir is not None and (self.preset is not None or self.model):
@@ -270,7 +273,7 @@ def apply_overrides(config: FinetuneConfig, overrides: Sequence[str]) -> Finetun
             known = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
             if name not in known:
                 raise ConfigError(f"unknown key model.{name}{_suggest(name, known)}")
-            config.model[name] = value
+            config.model[name] = _coerce_float(value, ModelConfig, name)
             continue
         target = {"": config, "training": config.training, "read": config.read}.get(section)
         if target is None:

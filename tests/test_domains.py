@@ -776,3 +776,32 @@ def test_a_model_directory_message_names_no_python_method(
     assert "config.json: not found" in err
     assert "written by biotransformer (finetune, pretrain or convert)" in err
     assert "save_pretrained" not in err
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("model.hidden_size=abc", "model.hidden_size = 'abc' has type str, expected int"),
+        ("model.dropout=.nan", "model.dropout = nan must be a finite number"),
+        ("model.hiden_size=3", "unknown key model.hiden_size (did you mean 'hidden_size'?)"),
+    ],
+)
+def test_finetune_model_overrides_are_checked_before_any_work(
+    override: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("sequence,label\nACGTACGTAA,1\nACGTTTTTAA,0\n")
+    out = tmp_path / "run"
+    status, err = run_cli(["finetune", "--train", str(table), "--out", str(out), override], capsys)
+    assert status == 2
+    assert says in err
+    assert not out.exists()
+
+
+def test_a_run_config_that_is_not_text_is_named(tmp_path: Path) -> None:
+    from biotransformer.config import load_run_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text"):
+        load_run_config(path)
