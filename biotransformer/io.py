@@ -870,8 +870,8 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
                 f"this looks like protein, not DNA: {fraction:.0%} of the first letters are "
                 f"A/C/G/T/U/N (DNA has at least {DNA_FRACTION_THRESHOLD:.0%})",
                 **where,
-                fix="read it as protein: a protein model, or --tokenizer protein (Python: "
-                "alphabet='protein'); or check the file",
+                fix="use a protein model (or, for a new model, --tokenizer protein; in "
+                "Python alphabet='protein'), or check the file",
             )
         if bad := _NOT_NUCLEOTIDE.search(sequence):
             _refuse_character(sequence, bad.start(), "is not an IUPAC nucleotide code", where)
@@ -884,8 +884,8 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
             f"this looks like DNA, not protein: at least {DNA_FRACTION_THRESHOLD:.0%} of the "
             "first letters are A/C/G/T/U/N",
             **where,
-            fix="read it as DNA: a DNA model, or --tokenizer dna (Python: alphabet='dna'); or "
-            "translate the sequences first",
+            fix="use a DNA model (or, for a new model, --tokenizer dna; in Python "
+            "alphabet='dna'), or translate the sequences first",
         )
 
 
