@@ -83,8 +83,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(staging, target)
         _fsync_directory(target.parent)
-    except BaseException:
+    except BaseException as error:
         staging.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename in (None, str(staging)):
+            error.filename = str(target)  # name the output, not its temporary sibling
         raise
 
 
@@ -164,8 +166,10 @@ def atomic_directory(
         _fsync_directory(target.parent)
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(target)  # a failed write() names no file; the CLI shows it
         raise
 
 

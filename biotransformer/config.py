@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,8 +76,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
-        for field in dataclasses.fields(self):
-            _check_type(field.name, getattr(self, field.name), field.type)
+        check_field_types(self, "ModelConfig.")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name} = {getattr(self, name)} must be >= 1")
@@ -169,29 +169,26 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+SCALAR_TYPES = ("None", "bool", "int", "float", "str")
+
+
 def _matches_annotation(value: Any, annotation: str) -> bool:
     """Whether a value fits a scalar annotation string (``int``, ``float | None``, ``str``...).
 
-    ``bool`` is not an ``int`` here, and an ``int`` is a ``float``.
+    ``bool`` is not an ``int`` here, and an ``int`` is a ``float``. An annotation that is not
+    a union of scalars (a nested dataclass, a dict) is not checked here.
     """
     allowed = [part.strip() for part in annotation.split("|")]
-    if value is None and "None" in allowed:
+    if not all(part in SCALAR_TYPES for part in allowed):
         return True
-    if "bool" in allowed:
-        return isinstance(value, bool)
-    if "int" in allowed:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if "float" in allowed:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, str)
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    """Check a value against the dataclass annotation string (``int``, ``float | None``...)."""
-    if not _matches_annotation(value, str(annotation)):
-        raise ConfigError(
-            f"ModelConfig.{name} = {value!r} has type {type(value).__name__}, expected {annotation}"
-        )
+    checks = {
+        "None": value is None,
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }
+    return any(checks[part] for part in allowed)
 
 
 def _esm2_like(layers: int, width: int, heads: int, max_length: int) -> dict[str, Any]:
@@ -263,6 +260,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
+        check_field_types(self, "data.")
         if not self.train_files and self.shard_dir is None:
             raise ConfigError("data.train_files or data.shard_dir must name the training data")
         if self.train_files and self.shard_dir is not None:
@@ -274,7 +272,8 @@ class DataConfig:
         for name in ("stride", "span_length"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"data.{name}", value, ">= 1 (or null)")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        for name in ("num_workers", "seed"):
+            _require(getattr(self, name) >= 0, f"data.{name}", getattr(self, name), ">= 0")
         _require(
             0.0 <= self.valid_fraction < 1.0,
             "data.valid_fraction",
@@ -331,8 +330,10 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
+        check_field_types(self, "training.")
         _require(self.lr > 0, "training.lr", self.lr, "> 0")
         _require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
+        _require(self.eps > 0, "training.eps", self.eps, "> 0")
         _require(
             len(self.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.betas),
             "training.betas",
@@ -341,7 +342,7 @@ class TrainingConfig:
         )
         for name in ("max_steps", "gradient_accumulation_steps", "log_every", "keep_last"):
             _require(getattr(self, name) >= 1, f"training.{name}", getattr(self, name), ">= 1")
-        for name in ("warmup_steps", "save_every", "eval_every"):
+        for name in ("warmup_steps", "save_every", "eval_every", "seed"):
             _require(getattr(self, name) >= 0, f"training.{name}", getattr(self, name), ">= 0")
         _require(
             0.0 <= self.min_lr_ratio <= 1.0, "training.min_lr_ratio", self.min_lr_ratio, "in [0, 1]"
@@ -419,9 +420,11 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
     """Read a YAML run config and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text. Fix: give a YAML run config") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     for override in overrides:
@@ -439,7 +442,23 @@ def _apply_override(values: dict[str, Any], override: str) -> None:
     section, name = parts
     if not isinstance(values.setdefault(section, {}), dict):
         values[section] = {}
-    values[section][name] = yaml.safe_load(raw) if raw.strip() else None
+    values[section][name] = parse_override_value(override, raw)
+
+
+def parse_override_value(override: str, raw: str) -> Any:
+    """The YAML value of one ``key=value`` override (empty: null); malformed YAML is a
+    ``ConfigError`` naming the override."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(
+            f"override {override!r}: the value {raw!r} is not valid YAML ({reason}). Fix: "
+            "give a number, a word, true/false, null or a list such as [0.9, 0.98]; quote a "
+            "value with spaces"
+        ) from None
 
 
 def _model_section(values: dict[str, Any]) -> dict[str, Any]:
@@ -466,7 +485,7 @@ def _section_from_dict(cls: type, section: str, values: dict[str, Any]) -> Any:
     converted = {}
     for key, value in values.items():
         value = _coerce_float(value, cls, key)
-        _check_run_type(f"{section}.{key}", value, str(fields[key].type))
+        check_value(f"{section}.{key}", value, str(fields[key].type))
         converted[key] = value
     config = cls(**converted)
     config.validate()
@@ -490,17 +509,68 @@ def _to_float(value: Any) -> Any:
     return value
 
 
-def _check_run_type(name: str, value: Any, annotation: str) -> None:
+def check_value(name: str, value: Any, annotation: str) -> None:
+    """``value`` fits ``annotation`` (scalars, unions with None, ``list[...]``) and, when a
+    number, is finite: no config value may be NaN or infinite."""
+    if annotation.endswith(" | None"):
+        if value is None:
+            return
+        annotation = annotation[: -len(" | None")]
+    if annotation.startswith("dict[str, "):
+        value_type = annotation[len("dict[str, ") : -1]
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(f"{name} = {value!r} must be a mapping of names to {value_type}")
+        for key, item in value.items():
+            check_value(f"{name}.{key}", item, value_type)
+        return
     if annotation.startswith("list["):
         item_type = annotation[len("list[") : -1]
         if not isinstance(value, list):
             raise ConfigError(f"{name} = {value!r} must be a list of {item_type}")
         for item in value:
-            _check_run_type(name, item, item_type)
+            check_value(name, item, item_type)
         return
     if not _matches_annotation(value, annotation):
         raise ConfigError(
             f"{name} = {value!r} has type {type(value).__name__}, expected {annotation}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} = {value!r} must be a finite number")
+
+
+def check_field_types(config: Any, prefix: str) -> None:
+    """Check every field of a config dataclass against its annotation (finite numbers too);
+    ``prefix`` names the section in messages (``training.lr``)."""
+    for field in dataclasses.fields(config):
+        check_value(f"{prefix}{field.name}", getattr(config, field.name), str(field.type))
+
+
+def check_model_overrides(values: dict[str, Any], prefix: str = "model.") -> None:
+    """Each ``model.KEY`` override names a ModelConfig field and has its type (checked before
+    the tokenizer, which sets the vocabulary, is known)."""
+    fields = {field.name: str(field.type) for field in dataclasses.fields(ModelConfig)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {prefix}{key}{_suggest(key, list(fields))}")
+        check_value(f"{prefix}{key}", value, fields[key])
+
+
+def check_mixed_precision_device(mixed_precision: str) -> None:
+    """Refuse a ``training.mixed_precision`` this machine cannot run, before any work: fp16
+    needs a CUDA (or MPS) GPU; bf16 runs on CPUs (autocast) and on GPUs that support it."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = torch.backends.mps.is_available()
+    if mixed_precision == "fp16" and not (cuda or mps):
+        raise ConfigError(
+            "training.mixed_precision = 'fp16' needs a GPU and none is available. Fix: set "
+            "training.mixed_precision=bf16 (CPU autocast) or training.mixed_precision=no"
+        )
+    if mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"training.mixed_precision = 'bf16' is not supported by "
+            f"{torch.cuda.get_device_name()}. Fix: set training.mixed_precision=fp16 or no"
         )
 
 

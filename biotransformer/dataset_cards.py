@@ -202,13 +202,20 @@ def _read_sequence_label_csv(path: Path, card: DatasetCard) -> Rows:
                 path=path,
                 line=1,
             )
-        return [(row["sequence"].strip(), row["label"].strip()) for row in reader]
+        rows = []
+        for row in reader:
+            if row["sequence"] is None or row["label"] is None:
+                raise InputError(
+                    "a row with fewer fields than the header", path=path, line=reader.line_num
+                )
+            rows.append((row["sequence"].strip(), row["label"].strip()))
+        return rows
 
 
 def _read_modlamp_csv(path: Path, card: DatasetCard) -> Rows:
     with open(path) as handle:
         lines = handle.read().splitlines()
-    header = [field.strip() for field in lines[0].split(",")]
+    header = [field.strip() for field in lines[0].split(",")] if lines else []
     if len(header) < 3 or not header[0].isdigit():
         raise InputError(
             "expected a sklearn-style first line 'n_samples,n_features,class names...'",
@@ -316,7 +323,7 @@ def fetch_dataset(
     rows: dict[str, Rows] = {}
     for entry in card.files:
         source = _obtain(card, entry, cache, local, mirror, timeout)
-        rows.setdefault(entry.split, []).extend(CONVERTERS[entry.convert](source, card))
+        rows.setdefault(entry.split, []).extend(_convert(source, entry, card, cache))
     if card.derive_splits:
         rows = _split_by_hash(
             [row for split_rows in rows.values() for row in split_rows], card.derive_splits
@@ -326,6 +333,31 @@ def fetch_dataset(
         written[split] = Path(out_dir) / f"{split}.csv"
         _write_csv(written[split], split_rows)
     return written
+
+
+def _convert(source: Path, entry: DataFile, card: DatasetCard, cache: Path) -> Rows:
+    """The (sequence, label) rows of one obtained file; a file its converter cannot read is
+    an ``InputError`` naming it (and the fix: the right file, or a fresh copy in the cache)."""
+    fix = (
+        f"check that it is the file {entry.file!r} of dataset {card.name!r}; a copy in the "
+        f"cache ({cache}) can be deleted to get it again"
+    )
+    try:
+        return CONVERTERS[entry.convert](source, card)
+    except InputError as error:
+        raise (
+            error
+            if error.fix
+            else InputError(
+                error.problem, path=error.path, record=error.record, line=error.line, fix=fix
+            )
+        ) from None
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", path=source, fix=fix) from None
+    except (ValueError, csv.Error) as error:  # Biopython's and csv's own parse errors
+        raise InputError(
+            f"cannot be read as {entry.convert} ({error})", path=source, fix=fix
+        ) from None
 
 
 def _write_csv(path: Path, rows: Iterable[tuple[str, str]]) -> None:

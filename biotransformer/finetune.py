@@ -40,7 +40,15 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from biotransformer.atomic import atomic_directory, atomic_write, json_text, write_json
 from biotransformer.checkpointing import Checkpointer, resolve_resume
-from biotransformer.config import ModelConfig, TrainingConfig, _suggest
+from biotransformer.config import (
+    ModelConfig,
+    TrainingConfig,
+    _coerce_float,
+    _suggest,
+    check_field_types,
+    check_model_overrides,
+    parse_override_value,
+)
 from biotransformer.data.collator import PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
@@ -131,6 +139,7 @@ class ReadOptions:
     label_from: str | None = None
     labels_file: str | None = None
     group_column: str | int | None = None
+    duplicate_ids: str = "error"
 
 
 @dataclass
@@ -196,6 +205,8 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad value."""
+        check_field_types(self, "")
+        check_model_overrides(self.model)
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r} is not one of {list(TASKS)}")
         if self.model_dir is not None and (self.preset is not None or self.model):
@@ -203,7 +214,17 @@ class FinetuneConfig:
                 "give --model DIR (warm start) or --preset/model.* overrides, not both"
             )
         if self.epochs <= 0 and self.max_steps is None:
-            raise ConfigError(f"epochs = {self.epochs} must be > 0")
+            raise ConfigError(f"epochs = {self.epochs} must be > 0 (--epochs)")
+        for name, flag in (("max_tokens", "--max-tokens"), ("max_length", "--max-length")):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} = {value} must be >= 1 ({flag})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps = {self.max_steps} must be >= 1 (or null: from epochs)")
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap = {self.bootstrap} must be >= 0 (--bootstrap)")
+        if not isinstance(self.pos_weight, (str, type(None))) and self.pos_weight <= 0:
+            raise ConfigError(f"pos_weight = {self.pos_weight} must be > 0 (--pos-weight)")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights {self.class_weights!r}: only 'balanced' is known")
         if isinstance(self.pos_weight, str) and self.pos_weight != "balanced":
@@ -250,13 +271,13 @@ def apply_overrides(config: FinetuneConfig, overrides: Sequence[str]) -> Finetun
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r} is not of the form key=value")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_override_value(override, raw)
         section, _, name = key.strip().rpartition(".")
         if section == "model":
             known = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
             if name not in known:
                 raise ConfigError(f"unknown key model.{name}{_suggest(name, known)}")
-            config.model[name] = value
+            config.model[name] = _coerce_float(value, ModelConfig, name)
             continue
         target = {"": config, "training": config.training, "read": config.read}.get(section)
         if target is None:
@@ -301,6 +322,7 @@ def read_labelled(
             labels_file=read.labels_file,
             label_type=LABEL_TYPES[task] if labelled else None,
             alphabet=alphabet,
+            duplicate_ids=read.duplicate_ids,
         )
     )
     if not records:

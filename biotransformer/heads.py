@@ -23,7 +23,7 @@ from torch import nn
 
 from biotransformer import __version__
 from biotransformer.atomic import atomic_directory, json_text, restore_interrupted_directory
-from biotransformer.config import ModelConfig
+from biotransformer.config import ModelConfig, check_value
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
 
@@ -74,6 +74,9 @@ class HeadConfig:
         for key in values:
             if key not in known:
                 raise ConfigError(f"unknown {cls.__name__} option {key!r}; options: {known}")
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if field.name in values:
+                check_value(f"head.{field.name}", values[field.name], str(field.type))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +258,8 @@ class BioTransformerModel(nn.Module):
             "model": self.config.to_dict(),
             "head": self.head_config.to_dict(),
         }
+        if tokenizer is not None:
+            document["tokenizer"] = tokenizer_record(tokenizer)
         state = {
             key: value.detach().cpu().contiguous()
             for key, value in self.state_dict().items()
@@ -551,9 +556,10 @@ def load_model(
     try:
         config = ModelConfig.from_dict(document["model"])
         saved_head = cls.head_config_class.from_dict(document["head"]) if exact else None
-    except (ConfigError, TypeError) as error:
+    except (ConfigError, TypeError, AttributeError, ValueError) as error:
         raise ModelDirectoryError(
-            f"{config_path}: {error}. Fix: repair the file or save the model again"
+            f"{config_path}: {error}. Fix: put back the config.json saved with this model, or "
+            "re-save the model with biotransformer"
         ) from error
     model = cls(config, saved_head, **({} if exact else head_options))
     model.loading_info = _load_weights(model, directory / WEIGHTS_FILE, exact)
@@ -567,55 +573,125 @@ def load_model(
             raise ModelDirectoryError(
                 f"{tokenizer_path}: {error}. Fix: put back the tokenizer.json saved with this model"
             ) from error
-        if model.tokenizer.vocab_size != config.vocab_size:
-            raise ModelDirectoryError(
-                f"{tokenizer_path}: {model.tokenizer.vocab_size} tokens, but {config_path} says "
-                f"vocab_size = {config.vocab_size}. Fix: put back the tokenizer.json saved with "
-                "this model"
-            )
+        _check_tokenizer_matches(model.tokenizer, document, config, tokenizer_path)
     elif require_tokenizer:
         raise ModelDirectoryError(
             f"{tokenizer_path}: missing, so this model cannot read sequences. Fix: copy in the "
-            "tokenizer.json the model was trained with, or save it with "
-            "save_pretrained(directory, tokenizer=...)"
+            "tokenizer.json the model was trained with (Python: "
+            "save_pretrained(directory, tokenizer=...))"
         )
     return model.eval()
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_FILE
-    if not directory.is_dir():
+def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+    """What ``config.json`` records of the tokenizer a model was saved with (``tokenizer``)."""
+    return {
+        "spec": tokenizer.spec,
+        "vocab_size": tokenizer.vocab_size,
+        "sha256": tokenizer.fingerprint(),
+    }
+
+
+def _check_tokenizer_matches(
+    tokenizer: Any, document: dict[str, Any], config: ModelConfig, path: Path
+) -> None:
+    """Refuse a ``tokenizer.json`` other than the one the model was saved with: against the
+    record in ``config.json`` when there is one; directories saved before it existed are
+    checked for the vocabulary size only (their ``pad_id``/``mask_id`` are the model's own and
+    may differ from the tokenizer's, as a model built without them does)."""
+    fix = "Fix: put back the tokenizer.json saved with this model"
+    recorded = document.get("tokenizer")
+    if recorded is not None:
+        ours = tokenizer_record(tokenizer)
+        differences = [
+            key for key in ("spec", "vocab_size", "sha256") if recorded[key] != ours[key]
+        ]
+        if differences:
+            what = {"sha256": "vocabulary"}.get(differences[0], differences[0])
+            detail = (
+                f" ({recorded[what]!r} in {CONFIG_FILE}, {ours[what]!r} here)"
+                if what != "vocabulary"
+                else ""
+            )
+            raise ModelDirectoryError(
+                f"{path}: not the tokenizer this model was saved with: its {what} differs"
+                f"{detail}. {fix}"
+            )
+    if tokenizer.vocab_size != config.vocab_size:
         raise ModelDirectoryError(
-            f"{directory}: not a directory. Fix: pass a directory written by save_pretrained"
+            f"{path}: {tokenizer.vocab_size} tokens, but {CONFIG_FILE} says vocab_size = "
+            f"{config.vocab_size}. {fix}"
         )
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    """``config.json``: a JSON object with a readable ``format_version`` and typed fields."""
+    path = directory / CONFIG_FILE
+    written_by = "a model directory written by biotransformer (finetune, pretrain or convert)"
+    if not directory.is_dir():
+        raise ModelDirectoryError(f"{directory}: not a directory. Fix: pass {written_by}")
     if not path.is_file():
         raise ModelDirectoryError(
-            f"{path}: not found. Fix: pass a directory written by save_pretrained "
-            f"(it holds {CONFIG_FILE} and {WEIGHTS_FILE})"
+            f"{path}: not found. Fix: pass {written_by} (it holds {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelDirectoryError(
-            f"{path}: not valid JSON ({error}). Fix: restore the file or save the model again"
+            f"{path}: not valid JSON ({error}). Fix: restore the file or re-save the model "
+            "with biotransformer"
         ) from error
+    if not isinstance(document, dict):
+        raise ModelDirectoryError(
+            f"{path}: a JSON {type(document).__name__}, not an object; this is not a "
+            f"biotransformer model config. Fix: pass {written_by}"
+        )
     missing = [key for key in ("model_type", "model", "head") if key not in document]
-    if not isinstance(document, dict) or missing:
+    if missing:
         raise ModelDirectoryError(
             f"{path}: missing keys {missing}; this is not a biotransformer model config. "
-            "Fix: pass a directory written by save_pretrained"
+            f"Fix: pass {written_by}"
         )
+    version = document.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelDirectoryError(
+            f"{path}: format_version = {version!r} must be a whole number >= 1. Fix: put back "
+            "the config.json saved with this model, or re-save the model with biotransformer"
+        )
+    if version > FORMAT_VERSION:
+        raise ModelDirectoryError(
+            f"{path}: format_version {version} is newer than this biotransformer reads "
+            f"({FORMAT_VERSION}). Fix: upgrade biotransformer"
+        )
+    expected = {"model_type": str, "model": dict, "head": dict, "tokenizer": (dict, type(None))}
+    for key, kind in expected.items():
+        if key in document and not isinstance(document[key], kind):
+            raise ModelDirectoryError(
+                f"{path}: field {key!r} = {_short(document[key])} has the wrong type. Fix: put "
+                "back the config.json saved with this model, or re-save the model with "
+                "biotransformer"
+            )
     if document["model_type"] not in MODEL_CLASSES:
         raise ModelDirectoryError(
             f"{path}: unknown model_type {document['model_type']!r}; known: "
             f"{list(MODEL_CLASSES)}. Fix: check the file, or upgrade biotransformer"
         )
-    if document.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+    recorded = document.get("tokenizer")
+    if recorded is not None and (
+        not isinstance(recorded.get("spec"), str)
+        or not isinstance(recorded.get("vocab_size"), int)
+        or not isinstance(recorded.get("sha256"), str)
+    ):
         raise ModelDirectoryError(
-            f"{path}: format_version {document['format_version']} is newer than this "
-            f"biotransformer reads ({FORMAT_VERSION}). Fix: upgrade biotransformer"
+            f"{path}: field 'tokenizer' must hold spec, vocab_size and sha256. Fix: put back "
+            "the config.json saved with this model, or re-save the model with biotransformer"
         )
     return document
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _load_weights(model: BioTransformerModel, path: Path, exact: bool) -> dict[str, list[str]]:

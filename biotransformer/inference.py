@@ -34,13 +34,19 @@ from torch.utils.data import DataLoader, Dataset
 from biotransformer.atomic import atomic_path
 from biotransformer.data.collator import IGNORE_INDEX, MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
-from biotransformer.errors import ConfigError, InputError
+from biotransformer.errors import ConfigError, InputError, ModelDirectoryError
 from biotransformer.heads import TASK_FILE
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.outputs import text_output
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
-from biotransformer.windows import WindowOptions, WindowPlan, plan_windows, tokens_to_bases
+from biotransformer.windows import (
+    WindowOptions,
+    WindowPlan,
+    encode_records,
+    plan_windows,
+    tokens_to_bases,
+)
 
 TASKS = ("classification", "multilabel", "regression", "token-classification", "masked-lm")
 ENCODE_CHUNK = 2048
@@ -101,10 +107,63 @@ def load_task(model: torch.nn.Module, directory: str | os.PathLike[str]) -> Task
     info = task_of_model(model)
     path = Path(directory) / TASK_FILE
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _read_task_file(path)
+        _check_task_file(saved, info, path)
         info.threshold = saved.get("threshold")
-        info.rc_average = bool(saved.get("rc_average", False))
+        info.rc_average = saved.get("rc_average", False)
     return info
+
+
+def _task_file_error(path: Path, problem: str) -> ModelDirectoryError:
+    return ModelDirectoryError(
+        f"{path}: {problem}. Fix: put back the task.json written with this model (or delete it "
+        "to use the defaults: threshold 0.5, no strand averaging)"
+    )
+
+
+def _read_task_file(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _task_file_error(path, f"not valid JSON ({error})") from None
+    if not isinstance(saved, dict):
+        raise _task_file_error(path, f"a JSON {type(saved).__name__}, not an object")
+    return saved
+
+
+def _is_probability(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= 1.0
+    )
+
+
+def _check_task_file(saved: dict[str, Any], info: TaskInfo, path: Path) -> None:
+    """Each field of ``task.json`` has its type and agrees with the model it sits beside."""
+    task = saved.get("task", info.task)
+    if task not in TASKS:
+        raise _task_file_error(path, f"task = {task!r} is not one of {list(TASKS)}")
+    if task != info.task:
+        raise _task_file_error(path, f"task = {task!r}, but the model is a {info.task} model")
+    labels = saved.get("labels", info.labels)
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise _task_file_error(path, f"labels = {labels!r} must be a list of label names")
+    if labels != info.labels:
+        raise _task_file_error(path, f"labels = {labels!r}, but the model's are {info.labels!r}")
+    threshold = saved.get("threshold")
+    if isinstance(threshold, list) and task == "multilabel":
+        if len(threshold) != len(info.labels) or not all(map(_is_probability, threshold)):
+            raise _task_file_error(
+                path,
+                f"threshold = {threshold!r} must hold one number in [0, 1] per label "
+                f"({len(info.labels)})",
+            )
+    elif threshold is not None and not _is_probability(threshold):
+        raise _task_file_error(path, f"threshold = {threshold!r} must be a number in [0, 1]")
+    if not isinstance(saved.get("rc_average", False), bool):
+        raise _task_file_error(path, f"rc_average = {saved['rc_average']!r} must be true or false")
 
 
 def launched_accelerator() -> Any:
@@ -152,7 +211,7 @@ class RecordDataset(Dataset):
             warnings.simplefilter("always")
             for start in range(0, len(self.records), ENCODE_CHUNK):
                 chunk = self.records[start : start + ENCODE_CHUNK]
-                batch = self._encode(tokenizer, chunk, max_length, start)
+                batch = encode_records(tokenizer, chunk, max_length=max_length, return_offsets=True)
                 lengths = batch["attention_mask"].sum(axis=1)
                 for row, length, record, offsets in zip(
                     batch["input_ids"], lengths, chunk, batch["offsets"], strict=True
@@ -169,28 +228,6 @@ class RecordDataset(Dataset):
             )
         self.lengths = np.array([len(ids) for ids in self.ids], dtype=np.int64)
 
-    @staticmethod
-    def _encode(
-        tokenizer: Any, chunk: Sequence[SequenceRecord], max_length: int | None, start: int
-    ) -> dict[str, Any]:
-        try:
-            return tokenizer.encode_batch(
-                [record.sequence for record in chunk], max_length=max_length, return_offsets=True
-            )
-        except InputError as error:
-            row = next(
-                (i for i, record in enumerate(chunk) if not _encodes(tokenizer, record.sequence)),
-                0,
-            )
-            record = chunk[row]
-            raise InputError(
-                error.problem.split(" (sequence")[0],
-                record=record.id,
-                line=record.line,
-                position=error.position,
-                fix=error.fix,
-            ) from None
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -199,14 +236,6 @@ class RecordDataset(Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
-
-
-def _encodes(tokenizer: Any, sequence: str) -> bool:
-    try:
-        tokenizer.encode_batch([sequence])
-    except InputError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

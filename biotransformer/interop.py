@@ -209,12 +209,7 @@ def from_hf(
     directory = None
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
-        hf_config = transformers.AutoConfig.from_pretrained(directory)
-        architectures = getattr(hf_config, "architectures", None) or ["EsmForMaskedLM"]
-        name = architectures[0]
-        if name not in HF_CLASSES:
-            raise ConfigError(f"{directory}: {name} is not one of {list(HF_CLASSES)}")
-        hf_model = getattr(transformers, name).from_pretrained(directory)
+        hf_model, name = _read_hf_directory(transformers, directory)
     else:
         hf_model = source
         name = type(hf_model).__name__
@@ -235,6 +230,51 @@ def from_hf(
     if model.tokenizer is None:
         logger.warning("no tokenizer found for this checkpoint: attach one as model.tokenizer")
     return model.eval()
+
+
+HF_FIX = (
+    "pass a local HuggingFace ESM directory (config.json with model_type 'esm' and "
+    "model.safetensors or pytorch_model.bin), as transformers' save_pretrained or "
+    "'biotransformer convert --to hf' writes it"
+)
+
+
+def _read_hf_directory(transformers: Any, directory: Path) -> tuple[Any, str]:
+    """The ``EsmFor...`` model saved in ``directory`` and its class name; a missing or
+    malformed file is a ``ModelDirectoryError`` naming the directory."""
+    if not directory.is_dir():
+        raise ModelDirectoryError(f"{directory}: not a directory. Fix: {HF_FIX}")
+    if not (directory / "config.json").is_file():
+        raise ModelDirectoryError(f"{directory / 'config.json'}: not found. Fix: {HF_FIX}")
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(directory)
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError...
+        raise ModelDirectoryError(
+            f"{directory / 'config.json'}: cannot be read by transformers "
+            f"({type(error).__name__}: {_first_line(error)}). Fix: {HF_FIX}"
+        ) from None
+    if getattr(hf_config, "model_type", None) != "esm":
+        raise ModelDirectoryError(
+            f"{directory / 'config.json'}: model_type {hf_config.model_type!r} is not 'esm'; only "
+            f"ESM-2 and Nucleotide Transformer checkpoints import. Fix: {HF_FIX}"
+        )
+    architectures = getattr(hf_config, "architectures", None) or ["EsmForMaskedLM"]
+    name = architectures[0]
+    if name not in HF_CLASSES:
+        raise ConfigError(f"{directory}: {name} is not one of {list(HF_CLASSES)}")
+    try:
+        return getattr(transformers, name).from_pretrained(directory), name
+    except Exception as error:  # missing or truncated weights, shapes unlike config.json
+        raise ModelDirectoryError(
+            f"{directory}: its weights cannot be loaded ({type(error).__name__}: "
+            f"{_first_line(error)}). Fix: {HF_FIX}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library messages run to many lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _label_head(hf_config: Any, model_class: type) -> LabelHeadConfig:
@@ -292,39 +332,60 @@ def from_fair_esm(path: str | os.PathLike[str]) -> MaskedLM:
     type of fair-esm's stored ``cfg``) beyond tensors and containers.
     """
     path = Path(path)
+    fix = (
+        "pass an ESM-2 checkpoint file (esm2_*.pt) as fair-esm saved it; if it was cut short, "
+        "download it again"
+    )
     if not path.is_file():
-        raise ModelDirectoryError(f"{path}: not found. Fix: pass a fair-esm .pt file")
+        raise ModelDirectoryError(f"{path}: not found or not a file. Fix: {fix}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ModelDirectoryError(
-            f"{path}: refused by torch.load(weights_only=True): {error}. Only ESM-2 checkpoints "
-            "storing their cfg as argparse.Namespace or a dict are read"
-        ) from error
+            f"{path}: refused by torch.load(weights_only=True): {_first_line(error)}. Only "
+            f"ESM-2 checkpoints storing their cfg as argparse.Namespace or a dict are read. "
+            f"Fix: {fix}"
+        ) from None
+    except (EOFError, RuntimeError, ValueError, OSError) as error:  # truncated, not a zip...
+        raise ModelDirectoryError(
+            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+            f"{_first_line(error)}). Fix: {fix}"
+        ) from None
     try:
         cfg = data["cfg"]["model"]
         state = data["model"]
-    except (KeyError, TypeError):
+        cfg = vars(cfg) if isinstance(cfg, argparse.Namespace) else dict(cfg)
+        if not isinstance(state, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise TypeError("'model' is not a mapping of names to tensors")
+        state = {_strip_fair_esm_prefix(k): v for k, v in state.items()}
+        width = cfg["encoder_embed_dim"]
+        config = ModelConfig(
+            vocab_size=len(ESM2_TOKENS),
+            hidden_size=width,
+            num_layers=cfg["encoder_layers"],
+            num_heads=cfg["encoder_attention_heads"],
+            ffn_size=4 * width,
+            max_length=1026,
+            position="rotary",
+            pad_id=ESM2_TOKENS.index("<pad>"),
+            mask_id=ESM2_TOKENS.index("<mask>"),
+            token_dropout=bool(cfg["token_dropout"]),
+            token_dropout_ratio=ESM_MASK_RATIO_TRAIN,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        what = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
         raise ModelDirectoryError(
-            f"{path}: not a fair-esm ESM-2 checkpoint (no cfg/model)"
+            f"{path}: not a fair-esm ESM-2 checkpoint (expected cfg.model and model "
+            f"entries: {what}). Fix: {fix}"
         ) from None
-    cfg = vars(cfg) if isinstance(cfg, argparse.Namespace) else dict(cfg)
-    state = {_strip_fair_esm_prefix(k): v for k, v in state.items()}
-    width = cfg["encoder_embed_dim"]
-    config = ModelConfig(
-        vocab_size=len(ESM2_TOKENS),
-        hidden_size=width,
-        num_layers=cfg["encoder_layers"],
-        num_heads=cfg["encoder_attention_heads"],
-        ffn_size=4 * width,
-        max_length=1026,
-        position="rotary",
-        pad_id=ESM2_TOKENS.index("<pad>"),
-        mask_id=ESM2_TOKENS.index("<mask>"),
-        token_dropout=bool(cfg["token_dropout"]),
-        token_dropout_ratio=ESM_MASK_RATIO_TRAIN,
-    )
+    model = MaskedLM(config)
+    try:
+        unused = _load_mapped(model, state, fair_esm_names(config))
+    except (ModelDirectoryError, ConfigError, RuntimeError) as error:
+        raise ModelDirectoryError(f"{path}: {_first_line(error)}. Fix: {fix}") from None
     model = MaskedLM(config)
     unused = _load_mapped(model, state, fair_esm_names(config))
     if unused:

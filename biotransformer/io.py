@@ -124,11 +124,11 @@ def read_sequences(
     )
     options.format = _sniff_format(options.path, format)
     if label_from is not None and labels_file is not None:
-        raise ConfigError("give label_from or labels_file, not both")
+        raise ConfigError(f"give {_flag('label_from')} or {_flag('labels_file')}, not both")
     if label_from is not None and options.format in ("csv", "tsv"):
         raise ConfigError(
-            f"label_from reads FASTA/FASTQ headers, but {path} is {options.format.upper()}: "
-            "use label_column"
+            f"{_flag('label_from')} reads FASTA/FASTQ headers, but {path} is "
+            f"{options.format.upper()}: use {_flag('label_column')}"
         )
     options.header_label = None if label_from is None else _header_label_parser(label_from)
     if labels_file is not None:
@@ -261,6 +261,13 @@ def _sniff_format(path: Path, format: str | None) -> Format:
         raise InputError(
             "the file is empty", path=path, fix="check the path, or re-create the file"
         )
+    if encoding := _wide_encoding(head):
+        raise InputError(
+            f"{encoding} text, not UTF-8",
+            path=path,
+            fix=f"convert it to UTF-8, e.g. iconv -f {encoding} -t UTF-8 {path} > "
+            f"{path.with_name(f'{path.stem}-utf8{path.suffix}')}",
+        )
     if "\x00" in head:
         raise InputError(
             "binary data, not a text sequence file",
@@ -303,6 +310,33 @@ def _format_from_content(first_line: str) -> Format | None:
     if first_line.startswith(("+", ";")):
         return None
     return "tsv" if "\t" in first_line else "csv"
+
+
+_BOMS = (
+    ("\udcff\udcfe\x00\x00", "UTF-32"),
+    ("\x00\x00\udcfe\udcff", "UTF-32"),
+    ("\udcff\udcfe", "UTF-16"),
+    ("\udcfe\udcff", "UTF-16"),
+)
+# (bytes per letter, where the letter's byte sits, the encoding's name for iconv)
+_WIDE_LAYOUTS = ((4, 0, "UTF-32LE"), (4, 3, "UTF-32BE"), (2, 0, "UTF-16LE"), (2, 1, "UTF-16BE"))
+
+
+def _wide_encoding(head: str) -> str | None:
+    """``UTF-16``/``UTF-32`` (with its byte order when there is no byte-order mark) when the
+    head, decoded as UTF-8 with surrogate escapes, is text in one of them: a byte-order mark,
+    or ASCII letters each padded with one or three NUL bytes."""
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding
+    sample = head[: len(head[:400]) // 4 * 4]
+    if len(sample) < 8 or sample.count("\x00") < len(sample) // 3:
+        return None
+    for width, offset, encoding in _WIDE_LAYOUTS:
+        padding = "".join(sample[i::width] for i in range(width) if i != offset)
+        if "\x00" not in sample[offset::width] and set(padding) == {"\x00"}:
+            return encoding
+    return None
 
 
 def _read_head(path: Path) -> str:
@@ -645,7 +679,7 @@ class _NamedColumns:
             width = self.width if self.names is None else len(self.names)
             if not 0 <= column < width:
                 raise InputError(
-                    f"{option}={column} is outside the {width} column(s) of the file",
+                    f"{_flag(option)} {column} is outside the {width} column(s) of the file",
                     path=self.path,
                     line=self.line,
                     fix=f"give a 0-based column position below {width}",
@@ -655,17 +689,17 @@ class _NamedColumns:
             if column == default_name:
                 return 0
             raise InputError(
-                f"{option}={column!r} names a column, but the file has no header line",
+                f"{_flag(option)} {column!r} names a column, but the file has no header line",
                 path=self.path,
                 line=self.line,
-                fix=f"give {option} as a 0-based column position",
+                fix=f"give {_flag(option)} as a 0-based column position",
             )
         if column not in self.names:
             raise InputError(
                 f"no column {column!r} (the header has {self.names})",
                 path=self.path,
                 line=self.line,
-                fix=f"pass {option}= one of those names",
+                fix=f"give {_flag(option)} one of those names",
             )
         return self.names.index(column)
 
@@ -679,6 +713,11 @@ class _NamedColumns:
             if "label" not in self.names and not required:
                 return None
         return self.index(column, "label_column", None)
+
+
+def _flag(option: str) -> str:
+    """How a reading option is named for both callers: ``--label-column (label_column=)``."""
+    return f"--{option.replace('_', '-')} ({option}= in Python)"
 
 
 def _is_sklearn_header(fields: list[str]) -> bool:
@@ -714,9 +753,13 @@ def _header_label_parser(spec: str) -> HeaderLabel:
         try:
             pattern = re.compile(argument)
         except re.error as error:
-            raise ConfigError(f"label_from={spec!r}: bad regular expression ({error})") from None
+            raise ConfigError(
+                f"{_flag('label_from')} {spec!r}: bad regular expression ({error})"
+            ) from None
         if pattern.groups != 1:
-            raise ConfigError(f"label_from={spec!r}: the expression needs exactly one group")
+            raise ConfigError(
+                f"{_flag('label_from')} {spec!r}: the expression needs exactly one group"
+            )
 
         def by_regex(title: str) -> str | None:
             match = pattern.search(title)
@@ -724,7 +767,7 @@ def _header_label_parser(spec: str) -> HeaderLabel:
 
         return by_regex
     raise ConfigError(
-        f"label_from={spec!r} is not 'key:NAME', 'field:N' (0-based) or 'regex:PATTERN'"
+        f"{_flag('label_from')} {spec!r} is not 'key:NAME', 'field:N' (0-based) or 'regex:PATTERN'"
     )
 
 
@@ -776,8 +819,8 @@ def _label(record_id: str, text: str | None, options: _Options, where: dict) -> 
         if options.header_label is None:
             return None
         raw = options.header_label(text or "")
-        source = f"the header has no label for label_from={options.label_from!r}"
-        fix = "add the label to the header, or change label_from"
+        source = f"the header has no label for {_flag('label_from')} {options.label_from!r}"
+        fix = f"add the label to the header, or change {_flag('label_from')}"
     elif text is None:
         return None
     else:
@@ -827,7 +870,8 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
                 f"this looks like protein, not DNA: {fraction:.0%} of the first letters are "
                 f"A/C/G/T/U/N (DNA has at least {DNA_FRACTION_THRESHOLD:.0%})",
                 **where,
-                fix="use a protein tokenizer (alphabet='protein'), or check the file",
+                fix="use a protein model (or, for a new model, --tokenizer protein; in "
+                "Python alphabet='protein'), or check the file",
             )
         if bad := _NOT_NUCLEOTIDE.search(sequence):
             _refuse_character(sequence, bad.start(), "is not an IUPAC nucleotide code", where)
@@ -840,7 +884,8 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
             f"this looks like DNA, not protein: at least {DNA_FRACTION_THRESHOLD:.0%} of the "
             "first letters are A/C/G/T/U/N",
             **where,
-            fix="use a DNA tokenizer (alphabet='dna'), or translate the sequences first",
+            fix="use a DNA model (or, for a new model, --tokenizer dna; in Python "
+            "alphabet='dna'), or translate the sequences first",
         )
 
 
@@ -872,7 +917,7 @@ def _check_duplicate_id(
     error = InputError(
         f"duplicate id (first seen on line {first_line})",
         **where,
-        fix="make the ids unique, or pass duplicate_ids='warn' or 'allow'",
+        fix="make the ids unique, or pass --duplicate-ids warn or allow (duplicate_ids= in Python)",
     )
     if options.duplicate_ids == "error":
         raise error

@@ -36,7 +36,7 @@ import numpy as np
 from biotransformer import plots, synthetic
 from biotransformer.atomic import write_json
 from biotransformer.baselines import kmer_baseline_scores
-from biotransformer.config import run_config_from_dict
+from biotransformer.config import check_field_types, run_config_from_dict
 from biotransformer.errors import ConfigError
 from biotransformer.finetune import FinetuneConfig, ReadOptions, finetune, read_labelled
 from biotransformer.heads import load_model
@@ -80,6 +80,9 @@ class QuickstartConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad value."""
+        check_field_types(self, "")
+        if self.seed < 0:
+            raise ConfigError(f"seed = {self.seed} must be >= 0")
         if self.pretrain_steps < 1:
             raise ConfigError(f"pretrain_steps = {self.pretrain_steps} must be >= 1")
         if self.finetune_epochs <= 0:

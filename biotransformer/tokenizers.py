@@ -55,6 +55,7 @@ array of ``[start, end)`` spans in the input string, one row per token; ``<cls>`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -620,13 +621,15 @@ class Tokenizer:
             else:
                 fix = "split the record at the stop or remove the '*'"
         else:
-            kind = "amino acid" if self.alphabet == "protein" else "DNA base"
-            problem, fix = f"character {char!r} is not a {kind}", f"valid letters: {self.letters}"
-        raise InputError(
+            kind = "an amino acid" if self.alphabet == "protein" else "a DNA base"
+            problem, fix = f"character {char!r} is not {kind}", f"valid letters: {self.letters}"
+        error = InputError(
             f"{problem} for scheme {self.scheme}{in_batch}",
             position=where - bounds[row] + 1,
             fix=fix,
         )
+        error.batch_row = row  # which sequence of the batch, for callers that know its record
+        raise error
 
     def normalize(self, seq: str) -> str:
         """The sequence as the scheme reads it: validated, uppercased, trailing stop removed."""
@@ -781,20 +784,55 @@ class Tokenizer:
             data["vocabulary"] = self.vocabulary
         return data
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides the ids (spec, tokens, vocabulary, BPE model): two
+        tokenizers with the same fingerprint turn every sequence into the same ids."""
+        identity = {
+            "spec": self.spec,
+            "tokens": self.tokens,
+            "vocabulary": self.vocabulary,
+            "bpe_model": self.bpe_model,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
-        """Rebuild from ``to_dict()``; checks the stored tokens against the rebuilt ones."""
+        """Rebuild from ``to_dict()``; every stored field must equal the rebuilt tokenizer's
+        (a hand-edited option, token or special id is refused, naming the field)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a tokenizer is a JSON object, not {type(data).__name__}")
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise ConfigError(
                 f"not a {FORMAT} version {FORMAT_VERSION} dict: format="
                 f"{data.get('format')!r} version={data.get('format_version')!r}"
             )
-        scheme, options = parse_spec(data["spec"])
-        tokenizer = cls(
-            scheme, options, bpe_model=data.get("bpe_model"), vocabulary=data.get("vocabulary")
+        spec, bpe_model, vocabulary = (
+            data.get("spec"),
+            data.get("bpe_model"),
+            data.get("vocabulary"),
         )
-        if tokenizer.tokens != data.get("tokens"):
-            raise ConfigError(f"stored tokens do not match scheme {data['spec']!r}")
+        if not isinstance(spec, str):
+            raise ConfigError(f"field 'spec' = {spec!r} must be a tokenizer spec string")
+        if not isinstance(bpe_model, (str, type(None))):
+            raise ConfigError("field 'bpe_model' must be the BPE model's JSON text")
+        if not (vocabulary is None or _is_str_list(vocabulary)):
+            raise ConfigError("field 'vocabulary' must be a list of tokens")
+        scheme, options = parse_spec(spec)
+        try:
+            tokenizer = cls(scheme, options, bpe_model=bpe_model, vocabulary=vocabulary)
+        except ConfigError:
+            raise
+        except Exception as error:  # the tokenizers library's own errors on a bad BPE model
+            raise ConfigError(f"its vocabulary or BPE model cannot be rebuilt ({error})") from None
+        rebuilt = tokenizer.to_dict()
+        for key, value in data.items():
+            if key not in rebuilt:
+                raise ConfigError(f"unknown field {key!r}")
+            if value != rebuilt[key]:
+                raise ConfigError(
+                    f"field {key!r} does not match the tokenizer its spec {spec!r} builds "
+                    f"(stored {_short(value)}, expected {_short(rebuilt[key])})"
+                )
         return tokenizer
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -812,9 +850,15 @@ class Tokenizer:
             data = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"no tokenizer at {file}") from None
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{file} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as error:
+            raise ConfigError(
+                f"{file}: {error}. Fix: use the tokenizer.json written by biotransformer with "
+                "its model or data, unedited"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.spec!r}, vocab_size={self.vocab_size})"
@@ -823,6 +867,15 @@ class Tokenizer:
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _strip_stops(data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

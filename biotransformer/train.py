@@ -53,7 +53,12 @@ from tqdm.auto import tqdm
 
 from biotransformer.atomic import atomic_write, write_json
 from biotransformer.checkpointing import Checkpointer, latest_checkpoint, resolve_resume
-from biotransformer.config import DataConfig, RunConfig, TrainingConfig
+from biotransformer.config import (
+    DataConfig,
+    RunConfig,
+    TrainingConfig,
+    check_mixed_precision_device,
+)
 from biotransformer.data.collator import MaskingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.data.shards import ShardDataset, prepare_corpus
@@ -233,6 +238,7 @@ def make_accelerator(
     training: TrainingConfig, *, project_dir: str | Path | None = None
 ) -> Accelerator:
     """An Accelerator for this run; TensorBoard is the tracker when it is installed."""
+    check_mixed_precision_device(training.mixed_precision)
     log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     # Under torchrun on a machine without GPUs, Accelerate sets up gloo only when told cpu=True.
     launched_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from biotransformer.errors import ConfigError
+from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord
 
 AGGREGATES = ("mean", "max")
@@ -91,6 +91,24 @@ class WindowPlan:
         return out
 
 
+def encode_records(
+    tokenizer: Any, records: Sequence[SequenceRecord], **options: Any
+) -> dict[str, Any]:
+    """``tokenizer.encode_batch`` of the records' sequences; a sequence the tokenizer refuses
+    is an ``InputError`` naming its record (id and line), not its place in the batch."""
+    try:
+        return tokenizer.encode_batch([record.sequence for record in records], **options)
+    except InputError as error:
+        record = records[getattr(error, "batch_row", 0)]
+        raise InputError(
+            error.problem.split(" (sequence ")[0],
+            record=record.id,
+            line=record.line,
+            position=error.position,
+            fix=error.fix,
+        ) from None
+
+
 def token_counts(tokenizer: Any, sequences: Sequence[str]) -> np.ndarray:
     """Tokens of each sequence, special tokens included, never cropped."""
     if not sequences:
@@ -146,7 +164,11 @@ def plan_windows(
 ) -> WindowPlan:
     """Windows for every record: the record itself when it fits, else its cut windows."""
     options = options or WindowOptions()
-    counts = token_counts(tokenizer, [record.sequence for record in records])
+    counts = (
+        encode_records(tokenizer, records, max_length=sys.maxsize)["attention_mask"].sum(axis=1)
+        if records
+        else np.zeros(0, np.int64)
+    )
     window_records, owner, start, end = [], [], [], []
     for index, (record, count) in enumerate(zip(records, counts.tolist(), strict=True)):
         length = len(record.sequence)

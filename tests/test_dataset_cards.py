@@ -264,3 +264,41 @@ def test_cli_get_from_a_local_folder_and_unknown_name(
     assert len(_read_csv(tmp_path / "out" / "dev.csv")) == 613
     assert main(["datasets", "get", "no-such-set", "--out", str(tmp_path / "x")]) == 2
     assert "Known datasets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("card_name", "file", "content", "says"),
+    [
+        ("gue-prom_core_tata", "train.csv", b"\xff\xfe\x00A\x00C", "not UTF-8 text"),
+        ("gue-prom_core_tata", "train.csv", b"sequence,label\nACGT\n", "fewer fields"),
+        ("gue-prom_core_tata", "train.csv", b"seq;lab\nACGT;1\n", "expected a header"),
+        (
+            "nt-downstream-promoter_all",
+            "train.fna",
+            b">a\nACGT\n",
+            "expected a header 'NAME|LABEL'",
+        ),
+        ("nt-downstream-promoter_all", "train.fna", b"ACGT\n>a|1\n", "cannot be read as"),
+    ],
+)
+def test_cli_get_of_a_malformed_file_names_it(
+    card_name: str,
+    file: str,
+    content: bytes,
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+):
+    card = get_card(card_name)
+    local = tmp_path / "by-hand"
+    local.mkdir()
+    for entry in card.files:
+        good = b"sequence,label\nACGT,1\n" if entry.file.endswith(".csv") else b">a|1\nACGT\n"
+        (local / entry.file).write_bytes(content if entry.file == file else good)
+    argv = ["datasets", "get", card_name, "--out", str(tmp_path / "out"), "--from", str(local)]
+    assert main([*argv, "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert file in err and says in err
+    assert "Fix:" in err
+    assert not (tmp_path / "out").exists()

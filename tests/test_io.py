@@ -233,6 +233,32 @@ def test_binary_data(tmp_path: Path) -> None:
     refused(write(tmp_path / "b.fa", b"\x00\x01\x02>a\nACGT\n"), "binary data")
 
 
+@pytest.mark.parametrize(
+    ("encoding", "named"),
+    [
+        ("utf-16", "UTF-16"),
+        ("utf-16-le", "UTF-16LE"),
+        ("utf-16-be", "UTF-16BE"),
+        ("utf-32", "UTF-32"),
+        ("utf-32-le", "UTF-32LE"),
+        ("utf-32-be", "UTF-32BE"),
+    ],
+)
+def test_utf16_and_utf32_text_is_named_with_the_conversion(
+    tmp_path: Path, encoding: str, named: str
+) -> None:
+    """Wide text (with or without a byte-order mark) is not called binary: the message names
+    its encoding and the iconv line that converts it."""
+    text = ">a\nACGT\n>b\nGGCC\n"
+    path = write(tmp_path / "w.fa", text.encode(encoding))
+    message = refused(path, f"{named} text, not UTF-8", f"iconv -f {named} -t UTF-8")
+    assert "binary" not in message
+    converted = tmp_path / "w-utf8.fa"
+    assert str(converted) in message
+    converted.write_text(path.read_bytes().decode(encoding))  # what iconv would write
+    assert [record.sequence for record in read(converted)] == ["ACGT", "GGCC"]
+
+
 def test_not_utf8_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path / "l.fa", b">a\nACGT\n>caf\xe9\nACGT\n")
     refused(path, "line 3", "byte 0xE9 is not UTF-8")

@@ -295,3 +295,55 @@ def test_a_corpus_of_only_n_windows_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"gaps\.fa.*no sequence left.*Fix: check"):
         prepare_corpus([fasta], Tokenizer.from_spec("dna"), tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def _damage(shard: Path, how: str) -> None:
+    data = shard.read_bytes()
+    if how == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    elif how == "zero-tail":  # same size, last bytes zeroed (HDF5 metadata or data lost)
+        shard.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    elif how == "delete":
+        shard.unlink()
+    else:  # a shard that opens but holds fewer sequences than prepare wrote
+        with h5py.File(shard, "a") as handle:
+            for key in ("offsets", "ids", "starts", "ends"):
+                handle[key].resize((len(handle[key]) - 1,))
+
+
+@pytest.mark.parametrize("how", ["truncate", "zero-tail", "delete", "shrink"])
+def test_a_damaged_shard_is_not_called_complete_and_pretrain_names_it(tmp_path, how, capsys):
+    from biotransformer.cli import main
+
+    rng = np.random.default_rng(7)
+    fasta = _write_fasta(tmp_path / "g.fa", {f"r{i}": _random_dna(rng, 300) for i in range(50)})
+    tokenizer = Tokenizer.from_spec("dna")
+    out = tmp_path / "out"
+    first = prepare_corpus([fasta], tokenizer, out, window_tokens=64, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    shard = out / "train-00000.h5"
+    assert manifest["files"][shard.name]["bytes"] == shard.stat().st_size
+    _damage(shard, how)
+
+    # the dataset (and so pretrain) refuses it, naming the shard and the fix
+    with pytest.raises(InputError, match=f"{shard}.*damaged.*prepare' again"):
+        ShardDataset(out)
+    overrides = [f"data.shard_dir={out}", "data.train_files=[]", "data.tokenizer=null"]
+    status = main(
+        ["pretrain", "pretrain_dna_tiny", *overrides, "--output-dir", str(tmp_path / "r")]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert str(shard) in err and "prepare' again" in err
+
+    # a re-run of prepare with the same inputs rebuilds it rather than calling it complete
+    again = prepare_corpus([fasta], tokenizer, out, window_tokens=64, progress=False)
+    assert not again.skipped
+    assert again.sequences == first.sequences
+    assert len(ShardDataset(out)) == first.sequences["train"]
+
+
+def test_a_manifest_that_is_not_one_is_an_input_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a manifest written by prepare"):
+        ShardDataset(tmp_path)

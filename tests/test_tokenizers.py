@@ -300,8 +300,24 @@ def test_save_load_identity(tmp_path, spec):
 def test_load_rejects_foreign_or_tampered_json(tmp_path):
     tok = Tokenizer.from_spec("dna")
     data = tok.to_dict()
-    with pytest.raises(ConfigError, match="stored tokens do not match"):
+    with pytest.raises(ConfigError, match="field 'tokens' does not match"):
         Tokenizer.from_dict({**data, "tokens": data["tokens"][::-1]})
+    # every stored field is checked, not only the tokens: an edited option, special id or
+    # vocabulary size with an unchanged spec is refused
+    for key, value in (
+        ("options", {**data["options"], "lowercase": "error"}),
+        ("special_tokens", {**data["special_tokens"], "mask": 0}),
+        ("vocab_size", data["vocab_size"] + 1),
+        ("alphabet", "protein"),
+        ("extra", 1),
+    ):
+        with pytest.raises(ConfigError, match=repr(key)):
+            Tokenizer.from_dict({**data, key: value})
+    for spec in (5, None, ["dna"]):
+        with pytest.raises(ConfigError, match="'spec'"):
+            Tokenizer.from_dict({**data, "spec": spec})
+    with pytest.raises(ConfigError, match="JSON object"):
+        Tokenizer.from_dict([data])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not a biotransformer-tokenizer"):
         Tokenizer.from_dict({"format": "hf"})
     with pytest.raises(ConfigError, match="no tokenizer"):

@@ -8,7 +8,9 @@ from biotransformer.cli.common import (
     add_column_options,
     add_max_tokens_option,
     add_window_options,
+    any_int,
     load_launched_model,
+    naming_input,
     read_input_records,
     window_options,
 )
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--layers",
-        type=int,
+        type=any_int,
         nargs="+",
         default=None,
         metavar="L",
@@ -57,15 +59,16 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     accelerator, model = load_launched_model(args)
     records = read_input_records(args, model)
-    embeddings = embed_records(
-        model,
-        records,
-        layers=args.layers,
-        per_token=args.per_token,
-        max_tokens=args.max_tokens,
-        accelerator=accelerator,
-        windows=window_options(args),
-    )
+    with naming_input(args.input):
+        embeddings = embed_records(
+            model,
+            records,
+            layers=args.layers,
+            per_token=args.per_token,
+            max_tokens=args.max_tokens,
+            accelerator=accelerator,
+            windows=window_options(args),
+        )
     if not is_main(accelerator):
         return 0
     write_embeddings_h5(

@@ -11,6 +11,9 @@ from biotransformer.cli.common import (
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
+    non_negative_int,
+    open_fraction,
+    probability,
     window_options,
 )
 from biotransformer.cli.finetune import add_label_options
@@ -53,17 +56,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=None,
         help="decision threshold for binary classification (default: the stored one, or 0.5)",
     )
     parser.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+        "--bootstrap",
+        type=non_negative_int,
+        default=1000,
+        help="bootstrap resamples (default: 1000; 0 skips the confidence intervals)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and masking")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the bootstrap and masking"
+    )
     parser.add_argument(
         "--mask-rate",
-        type=float,
+        type=open_fraction,
         default=0.15,
         help="masked-LM: share of tokens masked for the held-out loss (default: 0.15)",
     )
@@ -120,6 +128,7 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
         id_column=args.id_column,
         label_from=args.label_from,
         labels_file=args.labels_file,
+        duplicate_ids=args.duplicate_ids,
     )
     masked_lm = task.task == "masked-lm"
     records = read_labelled(

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import column
+from biotransformer.cli.common import (
+    add_duplicate_ids_option,
+    column,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from biotransformer.errors import ConfigError
 from biotransformer.outputs import add_overwrite_option
 
@@ -48,6 +56,7 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a CSV/TSV sidecar table with an id and a label column, matched by record id",
     )
+    add_duplicate_ids_option(group)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -151,21 +160,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "adapters and head go to OUT/adapter, model/ holds them merged (needs peft)",
     )
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=3.0, help="passes over train (default: 3)")
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4)")
+    train.add_argument(
+        "--epochs", type=positive_float, default=3.0, help="passes over train (default: 3)"
+    )
+    train.add_argument(
+        "--lr", type=positive_float, default=None, help="peak learning rate (default 3e-4)"
+    )
     train.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=8192,
         help="padded tokens per batch; batches are filled by length (default: 8192)",
     )
     train.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         help="crop sequences to this many tokens (default: the model's max_length)",
     )
-    train.add_argument("--seed", type=int, default=0, help="seed of splits, init, batches")
+    train.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of splits, init, batches"
+    )
     train.add_argument(
         "--class-weights",
         choices=("balanced",),
@@ -186,7 +201,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--rc-augment",
-        type=float,
+        type=probability,
         default=0.0,
         metavar="P",
         help="DNA: serve each training sample reverse-complemented with probability P, drawn "
@@ -200,10 +215,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     split = parser.add_argument_group("splits")
     split.add_argument(
-        "--valid-fraction", type=float, default=0.1, help="share of train for validation (0.1)"
+        "--valid-fraction", type=fraction, default=0.1, help="share of train for validation (0.1)"
     )
     split.add_argument(
-        "--test-fraction", type=float, default=0.1, help="share of train for test (0.1)"
+        "--test-fraction", type=fraction, default=0.1, help="share of train for test (0.1)"
     )
     split.add_argument(
         "--group-column",
@@ -214,9 +229,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     split.add_argument(
         "--bootstrap",
-        type=int,
+        type=non_negative_int,
         default=1000,
-        help="bootstrap resamples for the 95%% confidence intervals (default: 1000)",
+        help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0 skips "
+        "the intervals)",
     )
     add_label_options(parser)
     parser.add_argument(
@@ -266,6 +282,7 @@ def build_config(args: argparse.Namespace) -> object:
             label_from=args.label_from,
             labels_file=args.labels_file,
             group_column=args.group_column,
+            duplicate_ids=args.duplicate_ids,
         ),
     )
     config.training.seed = args.seed
@@ -278,9 +295,11 @@ def _pos_weight(value: str | None) -> float | str | None:
     if value is None or value == "balanced":
         return value
     try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--pos-weight {value!r}: give a number or 'balanced'") from None
+        return positive_float(value)
+    except argparse.ArgumentTypeError:
+        raise ConfigError(
+            f"--pos-weight {value!r}: give a finite number > 0 or 'balanced'"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:

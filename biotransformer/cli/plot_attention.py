@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.cli.common import any_int, non_negative_int
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
@@ -28,12 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite_option(parser)
     parser.add_argument(
         "--layer",
-        type=int,
+        type=any_int,
         default=-1,
         help="encoder layer, 0-based, negative from the end (default: -1, the last)",
     )
     parser.add_argument(
-        "--head", type=int, default=None, help="attention head (default: the mean over heads)"
+        "--head",
+        type=non_negative_int,
+        default=None,
+        help="attention head (default: the mean over heads)",
     )
     parser.set_defaults(handler=run)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_max_tokens_option, column
+from biotransformer.cli.common import (
+    add_duplicate_ids_option,
+    add_max_tokens_option,
+    any_int,
+    column,
+)
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
@@ -45,12 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--layers",
-        type=int,
+        type=any_int,
         nargs="+",
         default=None,
         metavar="L",
         help="hidden states to use, concatenated (default: -1, the last layer)",
     )
+    add_duplicate_ids_option(parser)
     add_max_tokens_option(parser)
     parser.set_defaults(handler=run)
 
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             label_column=args.label_column,
             label_from=args.label_from,
             label_type="class",
+            duplicate_ids=args.duplicate_ids,
         )
     )
     plot_embeddings_of(model, records, args.out, layers=args.layers, max_tokens=args.max_tokens)

@@ -10,6 +10,8 @@ from biotransformer.cli.common import (
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
+    naming_input,
+    probability,
     read_input_records,
     window_options,
 )
@@ -40,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_column_options(parser)
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=None,
         help="decision threshold for binary/multilabel (default: the stored one, or 0.5)",
     )
@@ -59,15 +61,16 @@ def run(args: argparse.Namespace) -> int:
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
     records = read_input_records(args, model)
-    predictions = predict_records(
-        model,
-        records,
-        task,
-        max_tokens=args.max_tokens,
-        accelerator=accelerator,
-        windows=window_options(args),
-        rc_average=args.rc_average,
-    )
+    with naming_input(args.input):
+        predictions = predict_records(
+            model,
+            records,
+            task,
+            max_tokens=args.max_tokens,
+            accelerator=accelerator,
+            windows=window_options(args),
+            rc_average=args.rc_average,
+        )
     if not is_main(accelerator):
         return 0
     write_predictions_tsv(predictions, args.out)

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from biotransformer.cli.common import fraction, non_negative_int, positive_int, probability
+
 
 def register(subparsers: Any) -> None:
     """Add the ``prepare`` command."""
@@ -32,18 +34,23 @@ def register(subparsers: Any) -> None:
         help="output directory: new or empty, or shards prepared earlier",
     )
     parser.add_argument(
-        "--window-tokens", type=int, default=1024, help="tokens per window (default 1024)"
+        "--window-tokens", type=positive_int, default=1024, help="tokens per window (default 1024)"
     )
     parser.add_argument(
-        "--stride", type=int, default=None, help="tokens between window starts (default: window)"
+        "--stride",
+        type=positive_int,
+        default=None,
+        help="tokens between window starts (default: window)",
     )
     parser.add_argument(
         "--valid-fraction",
-        type=float,
+        type=fraction,
         default=0.01,
         help="share of records (or of a long record's bases) held out for validation",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the validation choice")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the validation choice"
+    )
     parser.add_argument(
         "--drop-soft-masked",
         action="store_true",
@@ -51,7 +58,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--max-n-fraction",
-        type=float,
+        type=probability,
         default=0.5,
         help="drop windows whose share of N bases exceeds this (default 0.5)",
     )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import column
+from biotransformer.cli.common import (
+    add_duplicate_ids_option,
+    column,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from biotransformer.outputs import add_overwrite_option
 
 
@@ -32,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite_option(parser)
     parser.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="seed of the generated data, the splits and training (default: 0)",
     )
@@ -59,23 +65,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="with a FASTA --data: labels from the header, e.g. key:class or field:1",
     )
+    add_duplicate_ids_option(parser)
     parser.add_argument(
         "--pretrain-steps",
-        type=int,
+        type=positive_int,
         default=200,
         help="masked-LM pretraining steps (default: 200)",
     )
     parser.add_argument(
         "--finetune-epochs",
-        type=float,
+        type=positive_float,
         default=1.5,
         help="fine-tuning passes over the training split (default: 1.5)",
     )
     parser.add_argument(
         "--bootstrap",
-        type=int,
+        type=non_negative_int,
         default=1000,
-        help="bootstrap resamples for the 95%% confidence intervals (default: 1000)",
+        help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0 skips "
+        "the intervals)",
     )
     parser.set_defaults(handler=run)
 
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             sequence_column=args.sequence_column,
             label_column=args.label_column,
             label_from=args.label_from,
+            duplicate_ids=args.duplicate_ids,
         ),
         pretrain_steps=args.pretrain_steps,
         finetune_epochs=args.finetune_epochs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_column_options
+from biotransformer.cli.common import add_column_options, naming_input, positive_int
 from biotransformer.outputs import add_overwrite_option, claim_run_directory
 
 
@@ -37,12 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-records",
-        type=int,
+        type=positive_int,
         default=20,
         help="explain at most this many records, the first ones (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="mutants per forward pass (default: %(default)s)"
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="mutants per forward pass (default: %(default)s)",
     )
     add_column_options(parser)
     parser.set_defaults(handler=run)
@@ -67,11 +70,15 @@ def run(args: argparse.Namespace) -> int:
             sequence_column=args.sequence_column,
             id_column=args.id_column,
             label_column=None,
+            duplicate_ids=args.duplicate_ids,
         )
         index: list[tuple[str, str]] = []
         stems: set[str] = set()
         for record in islice(records, args.max_records):
-            result = explain(model, task, record, target=args.target, batch_size=args.batch_size)
+            with naming_input(args.input, record):
+                result = explain(
+                    model, task, record, target=args.target, batch_size=args.batch_size
+                )
             stem = file_stem(record.id, stems)
             write_saliency(result, run.path, stem)
             index.append((record.id, stem))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from biotransformer.cli.common import positive_int
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
 
@@ -40,13 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=16,
         help="masked sequences per forward pass (default: %(default)s)",
     )
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=16384,
         help="fine-tuned heads: padded tokens per batch (default: %(default)s)",
     )

@@ -13,10 +13,13 @@ last and atomically, marks the directory complete. ``docs/data-format.md`` lists
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +33,8 @@ import numpy as np
 from biotransformer.atomic import write_json
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.tokenizers import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -306,6 +311,7 @@ class _ShardWriter:
         self.out_dir, self.split, self.attrs = out_dir, split, attrs
         self.dtype, self.shard_tokens = dtype, shard_tokens
         self.names: list[str] = []
+        self.files: dict[str, dict[str, int]] = {}
         self.sequences = 0
         self.tokens = 0
         self._file: h5py.File | None = None
@@ -368,11 +374,14 @@ class _ShardWriter:
         for key, value in self.attrs.items():
             handle.attrs[key] = value
         handle.attrs["split"] = self.split
-        handle.attrs["num_sequences"] = len(handle["offsets"]) - 1
-        handle.attrs["num_tokens"] = len(handle["tokens"])
+        sequences, tokens = len(handle["offsets"]) - 1, len(handle["tokens"])
+        handle.attrs["num_sequences"] = sequences
+        handle.attrs["num_tokens"] = tokens
         handle.close()
         name = self.names[-1]
         os.replace(self.out_dir / f"{name}.partial", self.out_dir / name)
+        size = (self.out_dir / name).stat().st_size
+        self.files[name] = {"bytes": size, "sequences": sequences, "tokens": tokens}
 
     def close(self) -> None:
         self._flush()
@@ -441,12 +450,15 @@ def prepare_corpus(
     fingerprint = _fingerprint(tokenizer.to_dict(), options, source_list)
     previous = _read_manifest(out)
     if previous is not None and not force:
-        if previous.get("fingerprint") == fingerprint:
+        if previous.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{out} already holds shards prepared from other inputs or options. Fix: pass "
+                "--force (force=True) to replace them, or choose another output directory"
+            )
+        damage = _shard_damage(out, previous)
+        if damage is None:
             return PrepareSummary(**{**previous["summary"], "skipped": True, "seconds": 0.0})
-        raise ConfigError(
-            f"{out} already holds shards prepared from other inputs or options. Fix: pass "
-            "--force (force=True) to replace them, or choose another output directory"
-        )
+        logger.warning("%s; preparing the shards again", damage)
     _clear(out)
 
     geometry = _Geometry.of(tokenizer, window_tokens, stride)
@@ -465,6 +477,7 @@ def prepare_corpus(
         str(out), skipped=False, split_by="records" if split_by_records else "blocks"
     )
     total_bases = sum(record.length for record in all_records)
+    _require_space(out, _expected_bytes(total_bases, len(all_records), tokenizer, geometry))
     encoder = _WindowEncoder(tokenizer, writers)
     with _progress_bar(total_bases, progress) as bar:
         for source in sources:
@@ -518,10 +531,36 @@ def prepare_corpus(
             }
             for split in SPLITS
         },
+        "files": {name: info for split in SPLITS for name, info in writers[split].files.items()},
         "summary": summary.to_dict(),
     }
     write_json(out / MANIFEST, manifest)
     return summary
+
+
+def _expected_bytes(bases: int, records: int, tokenizer: Tokenizer, geometry: _Geometry) -> int:
+    """About what the shards of ``bases`` bases take on disk: the tokens (a BPE token counted
+    as 8 bases, more than most hold), every window's offsets, start, end and id, and a first
+    HDF5 chunk per split."""
+    bases_per_token = 8 if tokenizer.scheme == "dna-bpe" else tokenizer.stride
+    overlap = max(1.0, geometry.window_bases / geometry.step_bases)
+    tokens = bases * overlap / bases_per_token
+    windows = bases // geometry.step_bases + records
+    itemsize = _token_dtype(tokenizer.vocab_size).itemsize
+    return int(tokens * itemsize + windows * 48 + len(SPLITS) * (1 << 18))
+
+
+def _require_space(directory: Path, needed: int) -> None:
+    """Refuse to start when the file system cannot hold the shards: HDF5 fails badly (it can
+    crash the process) when a disk fills up in the middle of a write."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: the shards need about {needed / 1e6:.1f} MB and "
+            f"{free / 1e6:.1f} MB are free",
+            str(directory),
+        )
 
 
 class _WindowCutter:
@@ -653,11 +692,66 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(
             f"unreadable manifest: {error}", path=path, fix="re-run prepare with --force"
         ) from error
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("shards"), list)
+        for entry in splits.values()
+    ):
+        raise InputError(
+            "not a manifest written by prepare (no splits with their shards)",
+            path=path,
+            fix="re-run prepare with --force",
+        )
+    return manifest
+
+
+SHARD_DATASETS = ("tokens", "offsets", "ids", "starts", "ends")
+
+
+def _shard_damage(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the shards a manifest lists (None: all there and whole). Checks
+    each shard's size against the manifest (directories written before sizes were recorded:
+    skipped), that HDF5 opens it, and that its datasets hold the sequences and tokens the
+    manifest counts."""
+    files = manifest.get("files") or {}
+    for split, entry in manifest["splits"].items():
+        sequences = tokens = 0
+        for name in entry["shards"]:
+            path = directory / name
+            if not path.is_file():
+                return f"{path}: missing"
+            recorded = files.get(name, {})
+            if "bytes" in recorded and path.stat().st_size != recorded["bytes"]:
+                return (
+                    f"{path}: {path.stat().st_size} bytes, but prepare wrote "
+                    f"{recorded['bytes']} (truncated or changed)"
+                )
+            try:
+                with h5py.File(path, "r") as handle:
+                    lengths = {key: len(handle[key]) for key in SHARD_DATASETS}
+                    end = int(handle["offsets"][-1])
+            except (OSError, KeyError, ValueError, IndexError) as error:
+                return f"{path}: not a readable shard ({error})"
+            count = lengths["offsets"] - 1
+            if {lengths["ids"], lengths["starts"], lengths["ends"]} != {count} or (
+                end != lengths["tokens"]
+            ):
+                return f"{path}: its datasets disagree on how many sequences it holds"
+            if recorded and (count, end) != (recorded["sequences"], recorded["tokens"]):
+                return f"{path}: holds {count} sequences, but prepare wrote {recorded['sequences']}"
+            sequences, tokens = sequences + count, tokens + end
+        if (sequences, tokens) != (entry.get("sequences"), entry.get("tokens")):
+            return (
+                f"{directory / MANIFEST}: the {split} shards hold {sequences} sequences and "
+                f"{tokens} tokens, but the manifest counts {entry.get('sequences')} and "
+                f"{entry.get('tokens')}"
+            )
+    return None
 
 
 def _clear(directory: Path) -> None:
@@ -711,6 +805,13 @@ class ShardDataset:
             )
         if split not in manifest["splits"]:
             raise ConfigError(f"split {split!r}: choose one of {sorted(manifest['splits'])}")
+        damage = _shard_damage(self.directory, manifest)
+        if damage is not None:
+            raise InputError(
+                f"{damage}; the prepared directory is damaged",
+                fix="run 'biotransformer prepare' again with the same inputs and options: it "
+                "rebuilds damaged shards",
+            )
         self.split = split
         self.paths = [self.directory / name for name in manifest["splits"][split]["shards"]]
         self.seed = seed
