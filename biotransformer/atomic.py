@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import shutil
 import stat
@@ -106,7 +107,7 @@ def strict_json(value: Any) -> Any:
         return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [strict_json(item) for item in value]
-    if isinstance(value, float) or type(value).__name__ in ("float32", "float64", "float16"):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         number = float(value)
         return number if math.isfinite(number) else None
     return value

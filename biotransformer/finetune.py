@@ -6,9 +6,9 @@ started from any model directory, or a new encoder from a preset), trains it wit
 training loop of ``biotransformer.train``, keeps the model that scores best on validation,
 and evaluates the test split once, at the end, with that model. The output directory::
 
-    model/            the selected model directory (config.json, model.safetensors,
-                      tokenizer.json, task.json with the decision threshold); with LoRA,
-                      the adapters merged into the encoder
+    model/            the selected model directory (config.json with the head's decision
+                      threshold, model.safetensors, tokenizer.json); with LoRA, the
+                      adapters merged into the encoder
     adapter/          with LoRA: the selected adapter and head weights (``lora.save_adapter``)
     imported/         with ``--model hf:PATH`` or ``fair-esm:PATH``: the converted base model
     metrics.json      validation and test metrics with bootstrap CIs, n, threshold, seed
@@ -38,7 +38,7 @@ import torch
 import yaml
 from accelerate.utils import broadcast_object_list, set_seed
 
-from biotransformer.atomic import atomic_directory, atomic_write, json_text, write_json
+from biotransformer.atomic import atomic_write, write_json
 from biotransformer.checkpointing import Checkpointer, resolve_resume
 from biotransformer.config import (
     ModelConfig,
@@ -52,18 +52,14 @@ from biotransformer.config import (
 from biotransformer.data.collator import PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, MODEL_FILES, load_model
+from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, load_model
 from biotransformer.inference import (
-    TASK_FILE,
     RecordDataset,
-    TaskInfo,
     evaluate_records,
     label_targets,
-    load_task,
     metrics_from_scores,
     predict_logits,
     predict_records,
-    probabilities,
     token_targets,
     write_predictions_tsv,
 )
@@ -87,6 +83,7 @@ from biotransformer.strands import (
     reverse_complement_record,
     strand_augmented,
 )
+from biotransformer.tasks import FINETUNE_TASKS, TASKS, TaskInfo
 from biotransformer.tokenizers import Tokenizer
 from biotransformer.train import (
     BatchStream,
@@ -104,27 +101,7 @@ from biotransformer.train import (
     train_loop,
 )
 
-TASKS = ("classification", "multilabel", "regression", "token-classification")
-CLASS_TASKS = ("classification", "multilabel")  # the tasks whose labels are classes
-LABEL_TYPES = {
-    "classification": "class",
-    "multilabel": "multilabel",
-    "regression": "numeric",
-    "token-classification": "class",
-}
-HEAD_CLASSES = {
-    "classification": "SequenceClassifier",
-    "multilabel": "SequenceClassifier",
-    "regression": "SequenceRegressor",
-    "token-classification": "TokenClassifier",
-}
 DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
-SELECT_METRICS = {
-    "classification": "mcc",
-    "multilabel": "mcc",
-    "regression": "r2",
-    "token-classification": "mcc",
-}
 
 
 @dataclass
@@ -157,7 +134,7 @@ class FinetuneConfig:
     ``rc_augment`` (DNA only) serves each training sample reverse-complemented with that
     probability, drawn from (seed, epoch, index) (see ``strands``). ``rc_average`` (DNA,
     sequence-level tasks) scores validation, test and later predictions as the mean over both
-    strands; it is stored in ``task.json`` as the model's default.
+    strands; the head stores it (``config.json``) as the model's default.
     ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
     ``output_dir/imported``. ``lora`` (``r=8,alpha=16``, see ``LoraSettings.parse``) trains
     LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
@@ -207,8 +184,8 @@ class FinetuneConfig:
         """Raise ``ConfigError`` naming the first bad value."""
         check_field_types(self, "")
         check_model_overrides(self.model)
-        if self.task not in TASKS:
-            raise ConfigError(f"task {self.task!r} is not one of {list(TASKS)}")
+        if self.task not in FINETUNE_TASKS:
+            raise ConfigError(f"task {self.task!r} is not one of {list(FINETUNE_TASKS)}")
         if self.model_dir is not None and (self.preset is not None or self.model):
             raise ConfigError(
                 "give --model DIR (warm start) or --preset/model.* overrides, not both"
@@ -234,18 +211,18 @@ class FinetuneConfig:
                 raise ConfigError(
                     f"classifier {self.classifier!r} is not one of {list(CLASSIFIERS)}"
                 )
-            if self.task not in CLASS_TASKS:
+            if not TASKS[self.task].classes:
                 raise ConfigError("classifier applies to classification and multilabel")
-        if self.pos_weight is not None and self.task not in CLASS_TASKS:
+        if self.pos_weight is not None and not TASKS[self.task].classes:
             raise ConfigError("pos_weight applies to binary classification and multilabel")
-        if self.tune_threshold and self.task not in CLASS_TASKS:
+        if self.tune_threshold and not TASKS[self.task].classes:
             raise ConfigError("tune_threshold applies to binary classification and multilabel")
         for name in ("valid_fraction", "test_fraction", "warmup_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be in [0, 1)")
         if not 0.0 <= self.rc_augment <= 1.0:
             raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
-        if self.rc_average and self.task == "token-classification":
+        if self.rc_average and TASKS[self.task].per_token:
             raise ConfigError(
                 "rc_average applies to sequence-level tasks; per-base labels are "
                 "strand-specific: drop --rc-average"
@@ -320,7 +297,7 @@ def read_labelled(
             id_column=read.id_column,
             label_from=read.label_from,
             labels_file=read.labels_file,
-            label_type=LABEL_TYPES[task] if labelled else None,
+            label_type=TASKS[task].label_type if labelled else None,
             alphabet=alphabet,
             duplicate_ids=read.duplicate_ids,
         )
@@ -365,19 +342,20 @@ def _natural_key(label: str) -> tuple:
 def label_vocabulary(task: str, records: Sequence[SequenceRecord]) -> list[str]:
     """Sorted label names (numerically when they are numbers): classes, multilabel names, or
     the per-residue characters of token classification; empty for regression."""
-    if task == "regression":
+    spec = TASKS[task]
+    if spec.label_type == "numeric":
         return []
     names: set[str] = set()
     for record in records:
         label = record.label
-        if task == "multilabel":
+        if spec.label_type == "multilabel":
             names.update(label)  # type: ignore[arg-type]
-        elif task == "token-classification":
+        elif spec.per_token:
             names.update(str(label))
         else:
             names.add(str(label))
     labels = sorted(names, key=_natural_key)
-    if task == "classification" and len(labels) < 2:
+    if spec.classes and spec.label_type == "class" and len(labels) < 2:
         raise InputError(
             f"the training data has a single class {labels}",
             fix="classification needs at least two classes",
@@ -472,14 +450,15 @@ def loss_weights(
 ) -> list[float] | None:
     """Class weights of the cross-entropy (single-label) or ``pos_weight`` of the BCE
     (multilabel) from ``--class-weights balanced`` / ``--pos-weight``."""
-    if config.task == "multilabel":
+    label_type = TASKS[config.task].label_type
+    if label_type == "multilabel":
         if config.pos_weight is None and config.class_weights is None:
             return None
         if config.pos_weight not in (None, "balanced"):
             return [float(config.pos_weight)] * len(labels)
         positives = targets.sum(axis=0)
         return [float((len(targets) - p) / max(p, 1)) for p in positives]
-    if config.task not in ("classification", "token-classification"):
+    if label_type != "class":
         return None
     counts = np.bincount(targets[targets >= 0], minlength=len(labels)).astype(float)
     if config.class_weights == "balanced":
@@ -508,19 +487,18 @@ def build_model(
 ) -> torch.nn.Module:
     """The head model: warm started from ``config.model_dir`` (its encoder and tokenizer) or
     a new encoder of ``config.preset`` (default by alphabet) with ``config.tokenizer``."""
-    cls = MODEL_CLASSES[HEAD_CLASSES[config.task]]
-    head: dict[str, Any] = (
-        {"pooling": config.pooling} if config.task != "token-classification" else {}
-    )
-    if config.task == "regression":
+    spec = TASKS[config.task]
+    cls = MODEL_CLASSES[spec.model_type]
+    head: dict[str, Any] = dict(spec.head_options)
+    if not spec.per_token:
+        head.update(pooling=config.pooling, rc_average=config.rc_average)
+    if spec.label_type == "numeric":
         head["num_outputs"] = 1
     else:
         head["label2id"] = {label: i for i, label in enumerate(labels)}
         head["class_weights"] = weights
         if config.classifier is not None:
             head["classifier"] = config.classifier
-        if config.task == "multilabel":
-            head["problem_type"] = "multi_label"
     if config.model_dir is not None:
         model = load_model(config.model_dir, model_class=cls, **head)
         if model.tokenizer is None:
@@ -561,16 +539,6 @@ def build_model(
         for parameter in model.encoder.parameters():
             parameter.requires_grad_(False)
     return model
-
-
-def save_model_directory(model: torch.nn.Module, directory: Path, task: Mapping[str, Any]) -> None:
-    """The model directory plus ``task.json``, replaced as a whole."""
-    with atomic_directory(directory, replaces=MODEL_FILES) as staging:
-        model.save_pretrained(staging / "model")
-        for item in (staging / "model").iterdir():
-            item.rename(staging / item.name)
-        (staging / "model").rmdir()
-        (staging / TASK_FILE).write_text(json_text(dict(task)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -768,7 +736,7 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
     model_dir = output_dir / "model"
     adapter_dir = output_dir / "adapter"
     select = config.select_metric or (
-        "auroc" if config.tune_threshold else SELECT_METRICS[config.task]
+        "auroc" if config.tune_threshold else TASKS[config.task].select_metric
     )
     valid_truth = _targets(config.task, datasets["valid"])
     valid_reverse = (
@@ -791,16 +759,13 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
         if config.task == "token-classification":
             keep = truth >= 0
             flat, truth = flat[keep], truth[keep]
-        token_task = (
-            TaskInfo("classification", labels) if config.task == "token-classification" else task
-        )
-        scores = probabilities(token_task, flat)
+        scores = task.probabilities(flat)
         if valid_reverse is not None:
             reverse = predict_logits(
                 network, valid_reverse, max_tokens=config.max_tokens, accelerator=accelerator
             )
-            scores = average_strands(scores, probabilities(token_task, np.stack(reverse)))
-        result = metrics_from_scores(token_task, truth, scores, bootstrap=0, seed=0)
+            scores = average_strands(scores, task.probabilities(np.stack(reverse)))
+        result = metrics_from_scores(task, truth, scores, bootstrap=0, seed=0)
         values = {f"valid_{name}": entry["value"] for name, entry in result["metrics"].items()}
         values["valid_loss"] = _valid_loss(config.task, truth, flat, network)
         if select not in result["metrics"]:
@@ -812,7 +777,7 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
             best.score, best.step = score, state.step
             if accelerator.is_main_process:
                 if config.lora is None:
-                    save_model_directory(network, model_dir, task.to_dict())
+                    network.save_pretrained(model_dir)
                 else:  # merged into model/ at the end
                     save_adapter(network, adapter_dir)
             accelerator.wait_for_everyone()
@@ -860,7 +825,7 @@ def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
             network = load_adapter_weights(
                 accelerator.unwrap_model(model, keep_torch_compile=False), adapter_dir
             )
-            save_model_directory(merge_lora(network), model_dir, task.to_dict())
+            merge_lora(network).save_pretrained(model_dir)
         accelerator.wait_for_everyone()
 
         metrics = final_evaluation(config, model_dir, splits, accelerator, report, best.step)
@@ -904,10 +869,11 @@ def final_evaluation(
     report: SplitReport,
     best_step: int,
 ) -> dict[str, Any]:
-    """Reload the selected model; tune the threshold on validation if asked (stored in
-    ``task.json``); evaluate validation and, once, test; write the prediction TSVs."""
+    """Reload the selected model; tune the threshold on validation if asked (stored in the
+    head section of its ``config.json``); evaluate validation and, once, test; write the
+    prediction TSVs."""
     model = load_model(model_dir).to(accelerator.device)
-    task = load_task(model, model_dir)
+    task = model.task
     if config.tune_threshold and task.problem in ("binary", "multilabel"):
         valid = predict_records(
             model, splits["valid"], task, max_tokens=config.max_tokens, accelerator=accelerator
@@ -915,9 +881,11 @@ def final_evaluation(
         truth = label_targets(task, splits["valid"])
         scores = valid.scores[:, 1] if task.problem == "binary" else valid.scores
         tuned = tune_threshold(truth, scores, "mcc")
-        task.threshold = tuned.tolist() if isinstance(tuned, np.ndarray) else float(tuned)
+        threshold = tuned.tolist() if isinstance(tuned, np.ndarray) else float(tuned)
+        model.head_config = dataclasses.replace(model.head_config, threshold=threshold)
+        task = model.task
         if accelerator.is_main_process:
-            write_json(model_dir / TASK_FILE, task.to_dict())
+            model.save_config(model_dir)
     output_dir = Path(config.output_dir)
     metrics: dict[str, Any] = {
         "task": config.task,

@@ -2,8 +2,11 @@
 
 Every model holds ``self.encoder`` (an ``Encoder``), ``self.config`` (a ``ModelConfig``) and
 ``self.head_config``, and its ``forward(input_ids, attention_mask=None, labels=None)`` returns a
-``ModelOutput``. A model directory holds ``config.json``, ``model.safetensors`` and, when a
-tokenizer was given, ``tokenizer.json``.
+``ModelOutput``. The head owns its task: its loss, and in its config the label names, the
+decision threshold and whether scores average both DNA strands; ``model.task`` states them as a
+``tasks.TaskInfo``. A model directory holds ``config.json`` (the encoder and head configs),
+``model.safetensors`` and, when a tokenizer was given, ``tokenizer.json``; directories written
+before the head held its decision fields keep them in a ``task.json``, which still loads.
 """
 
 from __future__ import annotations
@@ -22,17 +25,23 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from biotransformer import __version__
-from biotransformer.atomic import atomic_directory, json_text, restore_interrupted_directory
+from biotransformer.atomic import (
+    atomic_directory,
+    json_text,
+    restore_interrupted_directory,
+    write_json,
+)
 from biotransformer.config import ModelConfig, check_value
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
+from biotransformer.tasks import TaskInfo, read_task_file, threshold_problem
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
-TASK_FILE = "task.json"
+TASK_FILE = "task.json"  # the decision fields of directories written before config.json held them
 # Everything a model directory holds: an existing one is replaced only if it holds these alone.
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TASK_FILE)
 FORMAT_VERSION = 1
@@ -99,7 +108,10 @@ class LabelHeadConfig(HeadConfig):
     vocabulary, ``pooling`` (sequence heads), and ``class_weights``: per-class weights of the
     cross-entropy for ``single_label``, the ``pos_weight`` of the BCE for ``multi_label``.
     ``classifier``: ``linear`` (dropout -> linear) or ``esm`` (dropout -> dense -> tanh ->
-    dropout -> linear, ESM's and RoBERTa's head; sequence heads only)."""
+    dropout -> linear, ESM's and RoBERTa's head; sequence heads only).
+    How it decides: ``threshold`` on P(positive) of a binary task (one per label, or one for
+    all, for ``multi_label``; None: 0.5) and ``rc_average``, scores averaged over both DNA
+    strands (sequence heads only)."""
 
     num_labels: int | None = None
     problem_type: str = "single_label"
@@ -107,6 +119,8 @@ class LabelHeadConfig(HeadConfig):
     label2id: dict[str, int] | None = None
     class_weights: list[float] | None = None
     classifier: str = "linear"
+    threshold: float | list[float] | None = None
+    rc_average: bool = False
 
     def __post_init__(self) -> None:
         if self.num_labels is None:
@@ -139,14 +153,27 @@ class LabelHeadConfig(HeadConfig):
             raise ConfigError(
                 f"class_weights has {len(self.class_weights)} values for {self.num_labels} labels"
             )
+        problem = threshold_problem(
+            self.threshold, self.num_labels, self.problem_type == "multi_label"
+        )
+        if problem is not None:
+            raise ConfigError(problem)
+
+    @property
+    def labels(self) -> list[str]:
+        """The label names by class id (``"0"``, ``"1"``... without a ``label2id``)."""
+        label2id = self.label2id or {str(i): i for i in range(self.num_labels)}  # type: ignore[arg-type]
+        return sorted(label2id, key=label2id.__getitem__)
 
 
 @dataclass
 class RegressorHeadConfig(HeadConfig):
-    """Options of a regressor: how many values it predicts per sequence, and the pooling."""
+    """Options of a regressor: how many values it predicts per sequence, the pooling, and
+    ``rc_average``: values averaged over both DNA strands."""
 
     num_outputs: int = 1
     pooling: str = "mean"
+    rc_average: bool = False
 
     def __post_init__(self) -> None:
         if self.num_outputs < 1:
@@ -227,6 +254,12 @@ class BioTransformerModel(nn.Module):
         """Load a model directory as this class; see ``load_model``."""
         return load_model(directory, model_class=cls, **head_options)
 
+    @property
+    def task(self) -> TaskInfo:
+        """The task this head serves and how it decides (a copy: changing it leaves the
+        model as it is)."""
+        raise NotImplementedError
+
     def num_parameters(self, *, trainable_only: bool = False) -> int:
         """Number of parameters, tied weights counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -246,6 +279,31 @@ class BioTransformerModel(nn.Module):
         is given) into ``directory`` atomically, replacing an earlier model directory there
         (one that holds nothing but model files: anything else is refused)."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        document = self._config_document(tokenizer)
+        state = {
+            key: value.detach().cpu().contiguous()
+            for key, value in self.state_dict().items()
+            if key not in self.tied_weight_keys
+        }
+        with atomic_directory(directory, replaces=MODEL_FILES) as staging:
+            (staging / CONFIG_FILE).write_text(json_text(document))
+            save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+            if tokenizer is not None:
+                tokenizer.save(staging)
+        return Path(directory)
+
+    def save_config(self, directory: str | os.PathLike[str]) -> Path:
+        """Rewrite ``config.json`` of the model directory this model was saved to or loaded
+        from, e.g. after its decision threshold was tuned; the weights stay. The ``task.json``
+        of an older directory is folded in (its values are the head's since loading)."""
+        directory = Path(directory)
+        write_json(directory / CONFIG_FILE, self._config_document(self.tokenizer))
+        (directory / TASK_FILE).unlink(missing_ok=True)
+        return directory
+
+    def _config_document(self, tokenizer: Any) -> dict[str, Any]:
+        """What ``config.json`` holds: format, model type, encoder and head configs and the
+        record of the tokenizer (when there is one)."""
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             raise ConfigError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
@@ -260,17 +318,7 @@ class BioTransformerModel(nn.Module):
         }
         if tokenizer is not None:
             document["tokenizer"] = tokenizer_record(tokenizer)
-        state = {
-            key: value.detach().cpu().contiguous()
-            for key, value in self.state_dict().items()
-            if key not in self.tied_weight_keys
-        }
-        with atomic_directory(directory, replaces=MODEL_FILES) as staging:
-            (staging / CONFIG_FILE).write_text(json_text(document))
-            save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
-            if tokenizer is not None:
-                tokenizer.save(staging)
-        return Path(directory)
+        return document
 
     def _encode(
         self,
@@ -343,6 +391,10 @@ class MaskedLM(BioTransformerModel):
             self.lm_head.decoder.weight = self.encoder.embed_tokens.weight
             self.tied_weight_keys = ("lm_head.decoder.weight",)
 
+    @property
+    def task(self) -> TaskInfo:
+        return TaskInfo("masked-lm")
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -387,6 +439,12 @@ class SequenceClassifier(BioTransformerModel):
         self.register_buffer("class_weights", _class_weights(head_config), persistent=False)
         init_weights(self.pooler, config.initializer_range)
         init_weights(self.classifier, config.initializer_range)
+
+    @property
+    def task(self) -> TaskInfo:
+        head = self.head_config
+        name = "multilabel" if head.problem_type == "multi_label" else "classification"
+        return TaskInfo(name, head.labels, head.threshold, head.rc_average)
 
     def forward(
         self,
@@ -442,6 +500,10 @@ class SequenceRegressor(BioTransformerModel):
         init_weights(self.pooler, config.initializer_range)
         init_weights(self.regressor, config.initializer_range)
 
+    @property
+    def task(self) -> TaskInfo:
+        return TaskInfo("regression", rc_average=self.head_config.rc_average)
+
     @torch.no_grad()
     def fit_target_scaling(self, targets: torch.Tensor) -> None:
         """Store the mean and standard deviation of training targets (N,) or (N, num_outputs)."""
@@ -477,7 +539,8 @@ class SequenceRegressor(BioTransformerModel):
 
 class TokenClassifier(BioTransformerModel):
     """One label per token (labels (B, T) ids, -100 ignored); logits (B, T, num_labels).
-    ``pooling`` and ``problem_type`` do not apply (always single-label per token)."""
+    ``pooling`` and ``problem_type`` do not apply (always single-label per token), nor do
+    ``threshold`` (arg-max) and ``rc_average`` (per-token labels are strand-specific)."""
 
     head_config_class = LabelHeadConfig
     head_config: LabelHeadConfig
@@ -495,6 +558,11 @@ class TokenClassifier(BioTransformerModel):
         self.classifier = nn.Linear(config.hidden_size, head_config.num_labels)  # type: ignore[arg-type]
         self.register_buffer("class_weights", _class_weights(head_config), persistent=False)
         init_weights(self.classifier, config.initializer_range)
+
+    @property
+    def task(self) -> TaskInfo:
+        head = self.head_config
+        return TaskInfo("token-classification", head.labels, head.threshold, head.rc_average)
 
     def forward(
         self,
@@ -563,6 +631,8 @@ def load_model(
         ) from error
     model = cls(config, saved_head, **({} if exact else head_options))
     model.loading_info = _load_weights(model, directory / WEIGHTS_FILE, exact)
+    if exact and (directory / TASK_FILE).is_file():
+        _apply_task_file(model, directory / TASK_FILE)
     tokenizer_path = directory / TOKENIZER_FILE
     if tokenizer_path.exists():
         from biotransformer.tokenizers import Tokenizer
@@ -581,6 +651,24 @@ def load_model(
             "save_pretrained(directory, tokenizer=...))"
         )
     return model.eval()
+
+
+def _apply_task_file(model: BioTransformerModel, path: Path) -> None:
+    """Fold the ``task.json`` of a directory written before ``config.json`` held the decision
+    fields into the head config."""
+    values = read_task_file(path, model.task)
+    head = model.head_config
+    known = {field.name for field in dataclasses.fields(head)}
+    defaults = {"threshold": None, "rc_average": False}
+    for name, value in values.items():
+        if name not in known and value is not defaults[name]:
+            raise ModelDirectoryError(
+                f"{path}: {name} = {value!r} does not apply to a {model.task.task} model. Fix: "
+                "delete the task.json"
+            )
+    model.head_config = dataclasses.replace(
+        head, **{name: value for name, value in values.items() if name in known}
+    )
 
 
 def tokenizer_record(tokenizer: Any) -> dict[str, Any]:

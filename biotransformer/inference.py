@@ -10,20 +10,19 @@ Records longer than the model's ``max_length`` tokens are cut into windows (``wi
 sequence outputs are aggregated over a record's windows, token outputs stitched per base.
 ``rc_average`` averages the sequence outputs of both DNA strands (``strands``).
 
-A model directory written by ``finetune`` also holds ``task.json`` (task, decision
-threshold, whether its scores average both strands); ``load_task`` reads it and falls back to
-what the model class implies.
+What a model predicts and how it decides (task, labels, threshold, strand averaging) is its
+head's: ``model.task``, a ``tasks.TaskInfo``; the functions here take that task (a command's
+``--threshold`` or ``--rc-average`` changes its copy).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 from biotransformer.atomic import atomic_path
 from biotransformer.data.collator import IGNORE_INDEX, MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
-from biotransformer.errors import ConfigError, InputError, ModelDirectoryError
-from biotransformer.heads import TASK_FILE
+from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.outputs import text_output
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
+from biotransformer.tasks import TaskInfo, format_number
 from biotransformer.windows import (
     WindowOptions,
     WindowPlan,
@@ -48,122 +47,12 @@ from biotransformer.windows import (
     tokens_to_bases,
 )
 
-TASKS = ("classification", "multilabel", "regression", "token-classification", "masked-lm")
 ENCODE_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------------------------------
-# What a model directory predicts
+# Processes
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TaskInfo:
-    """The task of a model, its label names (by class id), its decision threshold and whether
-    its scores are the mean over both DNA strands (``rc_average``, the default of
-    ``predict_records`` and ``evaluate_records``)."""
-
-    task: str
-    labels: list[str] = field(default_factory=list)
-    threshold: float | list[float] | None = None
-    rc_average: bool = False
-
-    @property
-    def problem(self) -> str:
-        """The ``metrics`` problem name: binary, multiclass, multilabel or regression."""
-        if self.task == "multilabel":
-            return "multilabel"
-        if self.task == "regression":
-            return "regression"
-        return "binary" if len(self.labels) == 2 else "multiclass"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "labels": self.labels,
-            "threshold": self.threshold,
-            "rc_average": self.rc_average,
-        }
-
-
-def task_of_model(model: torch.nn.Module) -> TaskInfo:
-    """The task a model's class and head imply (threshold unset)."""
-    kind = type(model).__name__
-    head = model.head_config
-    if kind == "MaskedLM":
-        return TaskInfo("masked-lm")
-    if kind == "SequenceRegressor":
-        return TaskInfo("regression")
-    label2id = head.label2id or {str(i): i for i in range(head.num_labels)}
-    labels = sorted(label2id, key=label2id.__getitem__)
-    if kind == "TokenClassifier":
-        return TaskInfo("token-classification", labels)
-    task = "multilabel" if head.problem_type == "multi_label" else "classification"
-    return TaskInfo(task, labels)
-
-
-def load_task(model: torch.nn.Module, directory: str | os.PathLike[str]) -> TaskInfo:
-    """``task.json`` of a model directory, or the task its class implies."""
-    info = task_of_model(model)
-    path = Path(directory) / TASK_FILE
-    if path.is_file():
-        saved = _read_task_file(path)
-        _check_task_file(saved, info, path)
-        info.threshold = saved.get("threshold")
-        info.rc_average = saved.get("rc_average", False)
-    return info
-
-
-def _task_file_error(path: Path, problem: str) -> ModelDirectoryError:
-    return ModelDirectoryError(
-        f"{path}: {problem}. Fix: put back the task.json written with this model (or delete it "
-        "to use the defaults: threshold 0.5, no strand averaging)"
-    )
-
-
-def _read_task_file(path: Path) -> dict[str, Any]:
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _task_file_error(path, f"not valid JSON ({error})") from None
-    if not isinstance(saved, dict):
-        raise _task_file_error(path, f"a JSON {type(saved).__name__}, not an object")
-    return saved
-
-
-def _is_probability(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0.0 <= value <= 1.0
-    )
-
-
-def _check_task_file(saved: dict[str, Any], info: TaskInfo, path: Path) -> None:
-    """Each field of ``task.json`` has its type and agrees with the model it sits beside."""
-    task = saved.get("task", info.task)
-    if task not in TASKS:
-        raise _task_file_error(path, f"task = {task!r} is not one of {list(TASKS)}")
-    if task != info.task:
-        raise _task_file_error(path, f"task = {task!r}, but the model is a {info.task} model")
-    labels = saved.get("labels", info.labels)
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise _task_file_error(path, f"labels = {labels!r} must be a list of label names")
-    if labels != info.labels:
-        raise _task_file_error(path, f"labels = {labels!r}, but the model's are {info.labels!r}")
-    threshold = saved.get("threshold")
-    if isinstance(threshold, list) and task == "multilabel":
-        if len(threshold) != len(info.labels) or not all(map(_is_probability, threshold)):
-            raise _task_file_error(
-                path,
-                f"threshold = {threshold!r} must hold one number in [0, 1] per label "
-                f"({len(info.labels)})",
-            )
-    elif threshold is not None and not _is_probability(threshold):
-        raise _task_file_error(path, f"threshold = {threshold!r} must be a number in [0, 1]")
-    if not isinstance(saved.get("rc_average", False), bool):
-        raise _task_file_error(path, f"rc_average = {saved['rc_average']!r} must be true or false")
 
 
 def launched_accelerator() -> Any:
@@ -321,30 +210,6 @@ def predict_logits(
     return map_batches(model, dataset, _logits_step, max_tokens=max_tokens, accelerator=accelerator)
 
 
-def probabilities(task: TaskInfo, logits: np.ndarray) -> np.ndarray:
-    """Softmax (classification, token classification) or sigmoid (multilabel) of logits;
-    regression values pass through."""
-    if task.task in ("classification", "token-classification"):
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=-1, keepdims=True)
-    if task.task == "multilabel":
-        return 1.0 / (1.0 + np.exp(-logits))
-    return logits
-
-
-def decide(task: TaskInfo, scores: np.ndarray) -> np.ndarray:
-    """Class ids (N,) from probabilities: arg-max, or for binary ``P(positive) >= threshold``;
-    multilabel: a (N, C) 0/1 matrix, ``P >= threshold`` (0.5 unless tuned)."""
-    if task.task == "multilabel":
-        threshold = 0.5 if task.threshold is None else np.asarray(task.threshold)
-        return (scores >= threshold).astype(np.int64)
-    if task.problem == "binary" and task.task == "classification":
-        threshold = 0.5 if task.threshold is None else float(task.threshold)
-        return (scores[:, 1] >= threshold).astype(np.int64)
-    return scores.argmax(axis=-1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Predictions
 # ---------------------------------------------------------------------------------------------
@@ -381,14 +246,14 @@ def predict_records(
     ``rc_average`` averages both strands' scores (DNA, sequence-level tasks; None: the
     task's own ``rc_average``)."""
     rc_average = task.rc_average if rc_average is None else rc_average
-    if task.task == "masked-lm":
+    if not task.has_labels:
         raise ConfigError(
             "a masked-LM model predicts tokens, not labels: fine-tune it first "
             "(biotransformer finetune --model DIR ...), or use 'embed'"
         )
     if rc_average:
         require_dna(model.tokenizer, "reverse-complement averaging")
-        if task.task == "token-classification":
+        if task.spec.per_token:
             raise ConfigError(
                 "reverse-complement averaging applies to sequence-level outputs; per-base "
                 "labels are strand-specific: drop --rc-average"
@@ -399,9 +264,9 @@ def predict_records(
     dataset = RecordDataset(plan.records, model.tokenizer, max_length=model.config.max_length)
     logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
     counts = plan.windows_per_record()
-    if task.task == "token-classification":
+    if task.spec.per_token:
         return _token_predictions(model, task, records, plan, dataset, logits, counts)
-    scores = probabilities(task, np.stack(logits))
+    scores = task.probabilities(np.stack(logits))
     if plan.cut:
         scores = np.stack(plan.aggregate(list(scores), windows.aggregate))
     if rc_average:
@@ -409,7 +274,7 @@ def predict_records(
         scores = average_strands(scores[:half], scores[half:])
         records, counts = records[:half], np.maximum(counts[:half], counts[half:])
     return Predictions(
-        [record.id for record in records], task, scores, label_predictions(task, scores), counts
+        [record.id for record in records], task, scores, task.label_predictions(scores), counts
     )
 
 
@@ -423,7 +288,7 @@ def _token_predictions(
     counts: np.ndarray,
 ) -> Predictions:
     """Per-token scores and labels; a record cut into windows gets them per base."""
-    scores = [probabilities(task, row) for row in logits]
+    scores = [task.probabilities(row) for row in logits]
     content = [_content(model, dataset, n) for n in range(len(scores))]
     if plan.cut:
         per_base = [
@@ -439,24 +304,10 @@ def _token_predictions(
         ]
     separator = "" if all(len(label) == 1 for label in task.labels) else ","
     predicted = [
-        separator.join(task.labels[i] for i in decide(task, np.nan_to_num(row))[keep])
+        separator.join(task.labels[i] for i in task.decide(np.nan_to_num(row))[keep])
         for row, keep in zip(scores, content, strict=True)
     ]
     return Predictions([record.id for record in records], task, scores, predicted, counts)
-
-
-def label_predictions(task: TaskInfo, scores: np.ndarray) -> list[str]:
-    """Predicted labels of sequence-level ``scores``, as strings."""
-    if task.task == "regression":
-        predicted = [_format_number(row[0]) for row in scores]
-    elif task.task == "multilabel":
-        predicted = [
-            ",".join(label for label, on in zip(task.labels, row, strict=True) if on)
-            for row in decide(task, scores)
-        ]
-    else:
-        predicted = [task.labels[i] for i in decide(task, scores)]
-    return predicted
 
 
 def _content(model: torch.nn.Module, dataset: RecordDataset, index: int) -> np.ndarray:
@@ -464,29 +315,20 @@ def _content(model: torch.nn.Module, dataset: RecordDataset, index: int) -> np.n
     return ~np.isin(dataset.ids[index], model.tokenizer.special_ids)
 
 
-def _format_number(value: float) -> str:
-    return repr(float(value))
-
-
 def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]) -> Path:
     """``id``, ``prediction``, then ``prob_<label>`` per class (classification, multilabel)
     or ``value`` (regression), one row per record in input order; written atomically
     (``-``: standard output)."""
-    task = predictions.task
-    header = ["id", "prediction"]
-    if task.task in ("classification", "multilabel"):
-        header += [f"prob_{label}" for label in task.labels]
-    elif task.task == "regression":
-        header += ["value"]
+    columns = predictions.task.score_columns
     with text_output(path, newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(header)
+        writer.writerow(["id", "prediction", *columns])
         for n, (record_id, predicted) in enumerate(
             zip(predictions.ids, predictions.predicted, strict=True)
         ):
             row = [record_id, predicted]
-            if task.task in ("classification", "multilabel", "regression"):
-                row += [_format_number(value) for value in np.atleast_1d(predictions.scores[n])]
+            if columns:
+                row += [format_number(value) for value in np.atleast_1d(predictions.scores[n])]
             writer.writerow(row)
     return Path(path)
 
@@ -510,7 +352,7 @@ def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarr
                 line=record.line,
                 fix="give the label options (--label-column, --label-from, --labels-file)",
             )
-        if task.task == "regression":
+        if task.spec.label_type == "numeric":
             rows.append(float(label))
             continue
         values = label if isinstance(label, tuple) else (str(label),)
@@ -522,7 +364,7 @@ def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarr
                 line=record.line,
                 fix="evaluate on data labelled like the training data",
             )
-        if task.task == "multilabel":
+        if task.spec.label_type == "multilabel":
             row = np.zeros(len(task.labels), dtype=np.int64)
             row[[index[value] for value in values]] = 1
             rows.append(row)
@@ -578,7 +420,7 @@ def evaluate_records(
     records are cut into windows; ``rc_average`` averages both DNA strands' scores (None: the
     task's own ``rc_average``)."""
     rc_average = task.rc_average if rc_average is None else rc_average
-    if task.task == "masked-lm":
+    if not task.has_labels:
         if rc_average:
             raise ConfigError("reverse-complement averaging does not apply to a masked-LM loss")
         plan = plan_windows(records, model.tokenizer, model.config.max_length, windows)
@@ -591,7 +433,7 @@ def evaluate_records(
             accelerator=accelerator,
             mask_rate=mask_rate,
         ), None
-    if task.task == "token-classification":
+    if task.spec.per_token:
         return _evaluate_tokens(
             model, records, task, max_tokens, bootstrap, seed, accelerator, windows
         )
@@ -613,9 +455,9 @@ def metrics_from_scores(
     task: TaskInfo, truth: np.ndarray, scores: np.ndarray, *, bootstrap: int, seed: int
 ) -> dict[str, Any]:
     """``evaluate_predictions`` with the task's threshold; regression scores are values."""
-    if task.task == "regression":
+    if task.problem == "regression":
         result = evaluate_predictions(
-            "regression", truth, scores[:, 0], bootstrap=bootstrap, seed=seed
+            task.problem, truth, scores[:, 0], bootstrap=bootstrap, seed=seed
         )
     else:
         threshold = 0.5 if task.threshold is None else task.threshold
@@ -650,9 +492,8 @@ def _evaluate_tokens(
     )
     scores = np.concatenate(predictions.scores)
     keep = targets != IGNORE_INDEX
-    problem = "binary" if len(task.labels) == 2 else "multiclass"
     result = evaluate_predictions(
-        problem, targets[keep], scores[keep], bootstrap=bootstrap, seed=seed
+        task.problem, targets[keep], scores[keep], bootstrap=bootstrap, seed=seed
     )
     result["unit"] = "token"
     return result, predictions

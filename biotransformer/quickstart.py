@@ -45,6 +45,7 @@ from biotransformer.metrics import evaluate_predictions
 from biotransformer.outputs import RunDirectory, claim_run_directory
 from biotransformer.report import metrics_table, plot_attention_of, plot_embeddings_of
 from biotransformer.splits import split_records
+from biotransformer.tasks import TaskInfo
 from biotransformer.train import pretrain
 
 MODEL = {
@@ -188,7 +189,7 @@ def _baseline(
 
     train, test = encoded(splits["train"]), encoded(splits["test"])
     scores = kmer_baseline_scores(train, test[0], KMER_RANGE)
-    problem = "binary" if len(labels) == 2 else "multiclass"
+    problem = TaskInfo("classification", labels).problem
     result = evaluate_predictions(problem, np.asarray(test[1]), scores, bootstrap=bootstrap)
     result["model"] = f"k-mer counts (k = {KMER_RANGE[0]}..{KMER_RANGE[1]}) + logistic regression"
     return result

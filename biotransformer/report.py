@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from biotransformer import plots
 from biotransformer.atomic import write_json
 from biotransformer.errors import InputError
-from biotransformer.inference import decide, embed_records, label_targets
+from biotransformer.inference import embed_records, label_targets
 from biotransformer.io import SequenceRecord
 
 PRETRAIN_TITLE = "biotransformer: masked-LM pretraining"
@@ -80,7 +80,7 @@ def prediction_plots(task: Any, truth: np.ndarray, scores: Any, directory: Path)
     """ROC, precision-recall and (single-label) confusion matrix for classification,
     predicted vs true for regression; nothing for a split with a single class."""
     scores = np.asarray(scores)
-    if task.task == "regression":
+    if task.problem == "regression":
         return {
             "predicted vs true": _plot(
                 directory,
@@ -106,13 +106,13 @@ def prediction_plots(task: Any, truth: np.ndarray, scores: Any, directory: Path)
             labels=names,
         ),
     }
-    if task.task == "classification":
+    if task.problem in ("binary", "multiclass"):
         images["confusion matrix"] = _plot(
             directory,
             "confusion_matrix.png",
             plots.plot_confusion_matrix,
             [task.labels[i] for i in truth],
-            [task.labels[i] for i in decide(task, scores)],
+            [task.labels[i] for i in task.decide(scores)],
             task.labels,
         )
     return images
@@ -140,7 +140,7 @@ def write_report(
     ``log_path``, and ``report.html`` with the metrics of every section (e.g. valid, test)."""
     directory.mkdir(parents=True, exist_ok=True)
     images = training_plots(read_log(log_path), directory) if log_path is not None else {}
-    if predictions is not None and task.task in ("classification", "multilabel", "regression"):
+    if predictions is not None and task.per_sequence:
         truth = label_targets(task, records)
         images.update(prediction_plots(task, truth, predictions.scores, directory))
     notes = [f"task: {task.task}", f"labels: {task.labels}", f"threshold: {task.threshold}"]

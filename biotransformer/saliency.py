@@ -54,11 +54,11 @@ class Saliency:
 def target_index(task: Any, target: str | None) -> int:
     """The output explained: ``target`` by label name, else the last class (the positive one
     of a binary task) or the first value of a regression."""
-    if task.task == "masked-lm":
+    if not task.has_labels:
         raise ConfigError("saliency explains a fine-tuned head: fine-tune the model first")
-    if task.task == "token-classification":
+    if task.spec.per_token:
         raise ConfigError("saliency explains sequence-level heads, not per-token ones")
-    if task.task == "regression":
+    if task.problem == "regression":
         return 0 if target is None else int(target)
     if target is None:
         return len(task.labels) - 1
@@ -69,7 +69,7 @@ def target_index(task: Any, target: str | None) -> int:
 
 def target_scores(task: Any, logits: torch.Tensor, index: int) -> torch.Tensor:
     """Score (B,) of output ``index`` from the logits (B, C); see the module docstring."""
-    if task.task == "classification":
+    if task.problem in ("binary", "multiclass"):
         others = torch.cat([logits[:, :index], logits[:, index + 1 :]], dim=1)
         return logits[:, index] - torch.logsumexp(others, dim=1)
     return logits[:, index]
@@ -161,7 +161,7 @@ def explain(
     ism, score, letters = saturation_mutagenesis(
         model, task, record.sequence, index, batch_size=batch_size
     )
-    name = "value" if task.task == "regression" else task.labels[index]
+    name = "value" if task.problem == "regression" else task.labels[index]
     return Saliency(
         record.id,
         record.sequence.upper(),

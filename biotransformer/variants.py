@@ -548,7 +548,7 @@ def score_head(
     """``delta_<label>`` (or ``delta_value``): mutant minus wild-type prediction per variant."""
     from biotransformer.inference import predict_records
 
-    if task.task == "token-classification":
+    if task.spec.per_token:
         raise ConfigError(
             "variant effects of a per-token head are not defined here: use a sequence-level "
             "head, or 'biotransformer saliency' for per-position effects"
@@ -563,7 +563,7 @@ def score_head(
     wild = {name: scores[i] for i, name in enumerate(wild_ids)}
     mutant = scores[len(wild_ids) :]
     deltas = mutant - np.stack([wild[variant.record] for variant in variants])
-    names = ["value"] if task.task == "regression" else task.labels
+    names = task.output_names
     return {f"delta_{name}": deltas[:, i] for i, name in enumerate(names)}
 
 

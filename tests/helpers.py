@@ -31,3 +31,21 @@ def run_torchrun(arguments: list[str], *, env: dict[str, str] | None = None, tim
         f"\n--- stderr\n{result.stderr[-6000:]}"
     )
     return result
+
+
+def save_legacy_model_directory(model, directory, task: dict | None = None):
+    """A model directory as written before the head held its decision fields: ``config.json``
+    and the weights from ``save_pretrained`` (its head section without ``threshold`` and
+    ``rc_average``), plus the ``task.json`` that ``finetune`` wrote beside them. ``task``
+    defaults to the model's own task."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    for name in ("threshold", "rc_average"):
+        config["head"].pop(name, None)
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "task.json").write_text(json.dumps(task or model.task.to_dict()))
+    return directory

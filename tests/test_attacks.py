@@ -38,14 +38,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import reset_accelerate_state
+from helpers import reset_accelerate_state, save_legacy_model_directory
 
 from biotransformer.checkpointing import latest_checkpoint
 from biotransformer.cli import COMMAND_MODULES, main
 from biotransformer.config import ModelConfig
-from biotransformer.finetune import save_model_directory
 from biotransformer.heads import MaskedLM, SequenceClassifier
-from biotransformer.inference import TaskInfo
 from biotransformer.tokenizers import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -559,6 +557,13 @@ def model_files_cases() -> list[Case]:
         case("task-labels-not-a-list", [*PREDICT, "--out", "p.tsv"], ["task.json"],
              config(task, lambda d: {**d, "labels": "01"}), ["p.tsv"]),
         case("task-json-garbage", EVALUATE, ["task.json"], write(task, "{not json")),
+        case("config-head-threshold-high", [*PREDICT, "--out", "p.tsv"], ["config.json"],
+             config("clf/config.json", lambda d: {**d, "head": {**d["head"],
+                                                                 "threshold": 1.5}}),
+             ["p.tsv"]),
+        case("config-head-rc-average-yes", EVALUATE, ["config.json"],
+             config("clf/config.json", lambda d: {**d, "head": {**d["head"],
+                                                                 "rc_average": "yes"}})),
         case("tokenizer-swapped-same-vocab-size", [*PREDICT, "--out", "p.tsv"],
              ["tokenizer.json"], swapped_tokenizer, ["p.tsv"]),
         case("tokenizer-json-garbage", [*PLOT_EMB, "--out", "e.png"], ["tokenizer.json"],
@@ -971,12 +976,11 @@ def tiny_model(kind: str, directory: Path) -> None:
     )
     if kind == "clf":
         model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
-        task = TaskInfo("classification", ["0", "1"])
     else:
         model = MaskedLM(config)
-        task = TaskInfo("masked-lm")
     model.tokenizer = tokenizer
-    save_model_directory(model, directory, task.to_dict())
+    # as written before config.json held the decision fields: the task.json attacks apply
+    save_legacy_model_directory(model, directory)
 
 
 def run_cli(argv: list[str] | tuple[str, ...]) -> int:

@@ -19,9 +19,7 @@ import torch
 
 from biotransformer.cli import main
 from biotransformer.config import ModelConfig
-from biotransformer.finetune import save_model_directory
 from biotransformer.heads import SequenceClassifier
-from biotransformer.inference import TaskInfo
 from biotransformer.io import read_sequences
 from biotransformer.tokenizers import Tokenizer
 
@@ -127,7 +125,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
     model.tokenizer = tokenizer
     directory = tmp_path_factory.mktemp("bad-inputs") / "model"
-    save_model_directory(model, directory, TaskInfo("classification", ["0", "1"]).to_dict())
+    model.save_pretrained(directory)
     return directory
 
 

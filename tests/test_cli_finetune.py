@@ -76,12 +76,14 @@ def test_finetune_writes_its_outputs_and_metrics_equal_scikit_learn(gue_run):
         "predictions_test.tsv",
     ):
         assert (out / name).is_file(), name
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "task.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (out / "model" / name).is_file(), name
+    assert not (out / "model" / "task.json").exists()  # the head's config holds the task
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == 80 and metrics["valid"]["n"] == 80
     threshold = metrics["threshold"]
-    assert json.loads((out / "model" / "task.json").read_text())["threshold"] == threshold
+    head = json.loads((out / "model" / "config.json").read_text())["head"]
+    assert head["threshold"] == threshold
     rows = read_tsv(out / "predictions_test.tsv")
     truth = np.array([int(r["label"]) for r in csv.DictReader((out.parent / "test.csv").open())])
     p1 = np.array([float(r["prob_1"]) for r in rows])

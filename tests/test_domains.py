@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import save_legacy_model_directory
 
 from biotransformer.cli import build_parser, main
 from biotransformer.cli import common as cli_common
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError
-from biotransformer.finetune import save_model_directory
 from biotransformer.heads import SequenceClassifier
-from biotransformer.inference import TaskInfo
 from biotransformer.tokenizers import Tokenizer
 
 # Values outside each flag type's domain (and one that is no number at all).
@@ -113,7 +112,9 @@ def test_numeric_types_accept_their_domain(kind) -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny untrained DNA binary classifier."""
+    """A tiny untrained DNA binary classifier, in a directory written before config.json held
+    the decision fields (with the task.json that finetune wrote then), so that both files'
+    fields are checked."""
     tokenizer = Tokenizer.from_spec("dna")
     torch.manual_seed(0)
     config = ModelConfig.from_preset(
@@ -122,7 +123,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
     model.tokenizer = tokenizer
     directory = tmp_path_factory.mktemp("domains") / "model"
-    save_model_directory(model, directory, TaskInfo("classification", ["0", "1"]).to_dict())
+    save_legacy_model_directory(model, directory)
     return directory
 
 
@@ -463,6 +464,38 @@ def test_config_json_model_and_head_values_are_typed(
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
+        ("threshold", 5, "threshold = 5 must be a number in [0, 1]"),
+        ("threshold", float("nan"), "threshold = nan must be a number in [0, 1]"),
+        ("threshold", [0.5, 0.5], "threshold = [0.5, 0.5] must be a number"),
+        ("threshold", True, "threshold = True must be a number"),
+        ("rc_average", "yes", "head.rc_average = 'yes' has type str, expected bool"),
+        ("rc_average", 1, "head.rc_average = 1 has type int, expected bool"),
+    ],
+)
+def test_config_json_head_decision_fields_are_checked(
+    key: str,
+    value: object,
+    says: str,
+    model_copy: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    def change(document: dict) -> dict:
+        document["head"][key] = value
+        return document
+
+    (model_copy / "task.json").unlink()  # a directory written today holds no task.json
+    edit_json(model_copy / "config.json", change)
+    status, err = predict_with(model_copy, tmp_path, capsys)
+    assert status == 2
+    assert f"{model_copy / 'config.json'}: {says}" in err
+    assert "re-save the model with biotransformer" in err
+
+
+@pytest.mark.parametrize(
     ("field", "value", "says"),
     [
         ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
@@ -687,6 +720,22 @@ def test_a_malformed_hf_directory_is_one_line_naming_it(
 
 
 @pytest.fixture(scope="module")
+def test_a_config_json_threshold_decides(
+    model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (model_copy / "task.json").unlink()
+
+    def change(document: dict) -> dict:
+        document["head"]["threshold"] = 0.0
+        return document
+
+    edit_json(model_copy / "config.json", change)
+    status, _ = predict_with(model_copy, tmp_path, capsys)
+    assert status == 0
+    rows = (tmp_path / "p.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[1] for row in rows] == ["1"] * 4  # P >= 0 always
+
+
 def protein_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained protein binary classifier."""
     tokenizer = Tokenizer.from_spec("protein")
@@ -697,7 +746,7 @@ def protein_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
     model.tokenizer = tokenizer
     directory = tmp_path_factory.mktemp("domains-protein") / "model"
-    save_model_directory(model, directory, TaskInfo("classification", ["0", "1"]).to_dict())
+    model.save_pretrained(directory)
     return directory
 
 

@@ -132,6 +132,7 @@ def test_tiny_multilabel_run_from_fasta_headers(tmp_path):
     assert metrics["labels"] == ["at", "gc", "none"]
     assert len(metrics["threshold"]) == 3
     assert set(metrics["test"]["metrics"]) >= {"mcc", "f1_macro", "auroc", "auprc"}
-    task = json.loads((result.model_dir / "task.json").read_text())
-    assert task["threshold"] == metrics["threshold"]
+    head = json.loads((result.model_dir / "config.json").read_text())["head"]
+    assert head["threshold"] == metrics["threshold"]
+    assert load_model(result.model_dir).task.threshold == metrics["threshold"]
     assert load_model(result.model_dir).head_config.problem_type == "multi_label"

@@ -18,7 +18,6 @@ from biotransformer.inference import (
     evaluate_records,
     predict_records,
     resolve_layers,
-    task_of_model,
     write_embeddings_h5,
     write_predictions_tsv,
 )
@@ -49,7 +48,7 @@ def records():
 
 def test_predictions_keep_input_order_whatever_the_batching(records):
     model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
-    task = task_of_model(model)
+    task = model.task
     small = predict_records(model, records, task, max_tokens=64)
     large = predict_records(model, records, task, max_tokens=100000)
     assert small.ids == [r.id for r in records]
@@ -60,7 +59,7 @@ def test_predictions_keep_input_order_whatever_the_batching(records):
 
 def test_threshold_decides_binary_predictions(records):
     model = tiny(SequenceClassifier, label2id={"neg": 0, "pos": 1})
-    task = task_of_model(model)
+    task = model.task
     task.threshold = 0.0
     assert set(predict_records(model, records, task).predicted) == {"pos"}
     task.threshold = 1.01
@@ -69,7 +68,7 @@ def test_threshold_decides_binary_predictions(records):
 
 def test_predictions_tsv_columns_and_order(records, tmp_path):
     model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
-    predictions = predict_records(model, records, task_of_model(model))
+    predictions = predict_records(model, records, model.task)
     path = write_predictions_tsv(predictions, tmp_path / "p.tsv")
     rows = list(csv.DictReader(path.open(), delimiter="\t"))
     assert list(rows[0]) == ["id", "prediction", "prob_0", "prob_1"]
@@ -92,7 +91,7 @@ def test_regression_predictions_are_values(records, tmp_path):
 
 def test_classification_metrics_equal_scikit_learn(records):
     model = tiny(SequenceClassifier, label2id={"0": 0, "1": 1})
-    task = task_of_model(model)
+    task = model.task
     result, predictions = evaluate_records(model, records, task, bootstrap=20)
     truth = np.array([int(r.label) for r in records])
     p1 = predictions.scores[:, 1]
@@ -110,7 +109,7 @@ def test_classification_metrics_equal_scikit_learn(records):
 
 def test_masked_lm_loss_and_perplexity(records):
     model = tiny(MaskedLM)
-    task = task_of_model(model)
+    task = model.task
     result, predictions = evaluate_records(model, records, task, bootstrap=20)
     assert predictions is None
     loss = result["metrics"]["loss"]["value"]
@@ -159,7 +158,7 @@ import json, sys
 import numpy as np
 from biotransformer.config import TrainingConfig
 from biotransformer.heads import load_model
-from biotransformer.inference import embed_records, evaluate_records, load_task
+from biotransformer.inference import embed_records, evaluate_records
 from biotransformer.io import read_sequences
 from biotransformer.train import make_accelerator
 
@@ -167,7 +166,7 @@ model_dir, data, out = sys.argv[1:4]
 accelerator = make_accelerator(TrainingConfig())
 model = load_model(model_dir)
 records = list(read_sequences(data, label_from="key:y"))
-task = load_task(model, model_dir)
+task = model.task
 result, predictions = evaluate_records(
     model, records, task, bootstrap=30, max_tokens=64, accelerator=accelerator
 )
@@ -204,7 +203,7 @@ def test_two_rank_evaluation_equals_one_process(records, tmp_path):
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["processes"] == 2
     loaded = load_model(tmp_path / "model")
-    task = task_of_model(loaded)
+    task = loaded.task
     everything = [*records, extra]
     one, predictions = evaluate_records(loaded, everything, task, bootstrap=30, max_tokens=64)
     np.testing.assert_allclose(two["scores"], predictions.scores, atol=1e-6)

@@ -18,9 +18,7 @@ import torch
 from biotransformer.cli import main
 from biotransformer.config import ModelConfig
 from biotransformer.errors import BioTransformerError
-from biotransformer.finetune import save_model_directory
 from biotransformer.heads import SequenceClassifier
-from biotransformer.inference import TaskInfo
 from biotransformer.outputs import LOCK_FILE, RUN_RECORD, claim_run_directory, read_run_record
 from biotransformer.saliency import MAX_STEM
 from biotransformer.tokenizers import Tokenizer
@@ -41,7 +39,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
     model.tokenizer = tokenizer
     directory = tmp_path_factory.mktemp("outputs") / "model"
-    save_model_directory(model, directory, TaskInfo("classification", ["0", "1"]).to_dict())
+    model.save_pretrained(directory)
     return directory
 
 

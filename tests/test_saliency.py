@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from biotransformer.config import ModelConfig, TrainingConfig
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.finetune import FinetuneConfig, finetune
 from biotransformer.heads import SequenceClassifier, SequenceRegressor, load_model
-from biotransformer.inference import TASK_FILE, load_task, predict_records, task_of_model
+from biotransformer.inference import predict_records
 from biotransformer.io import SequenceRecord
 from biotransformer.saliency import explain, file_stem, saturation_mutagenesis, write_saliency
 from biotransformer.tokenizers import Tokenizer
@@ -34,7 +33,7 @@ def tiny(cls: type, spec: str, **head: object) -> torch.nn.Module:
 @pytest.mark.parametrize("spec", ["dna", "dna-kmer:k=3"])
 def test_ism_equals_scoring_each_mutant(spec):
     model = tiny(SequenceClassifier, spec, num_labels=2, pooling="mean")
-    task = task_of_model(model)
+    task = model.task
     sequence = "ACGTTGCAAGGCTTAC"
     effects, score, letters = saturation_mutagenesis(model, task, sequence, 1, batch_size=7)
     assert letters == "ACGT" and effects.shape == (16, 4)
@@ -51,7 +50,7 @@ def test_ism_equals_scoring_each_mutant(spec):
 
 def test_explain_writes_tables_and_plots(tmp_path):
     model = tiny(SequenceRegressor, "protein")
-    result = explain(model, task_of_model(model), SequenceRecord("p|1", "MKTAYIAKQR"))
+    result = explain(model, model.task, SequenceRecord("p|1", "MKTAYIAKQR"))
     assert result.letters == "ACDEFGHIKLMNPQRSTVWY" and result.ism.shape == (10, 20)
     assert result.gradient_x_input.shape == (10,) and np.isfinite(result.gradient_x_input).all()
     paths = write_saliency(result, tmp_path)
@@ -65,7 +64,7 @@ def test_explain_writes_tables_and_plots(tmp_path):
 
 def test_gradient_x_input_is_shared_over_kmer_letters():
     model = tiny(SequenceClassifier, "dna-kmer:k=3,stride=3", num_labels=2)
-    result = explain(model, task_of_model(model), SequenceRecord("r", "ACGTTG"))
+    result = explain(model, model.task, SequenceRecord("r", "ACGTTG"))
     values = result.gradient_x_input
     np.testing.assert_allclose(values[:3], values[0])
     np.testing.assert_allclose(values[3:], values[3])
@@ -73,7 +72,7 @@ def test_gradient_x_input_is_shared_over_kmer_letters():
 
 def test_refusals():
     model = tiny(SequenceClassifier, "dna", num_labels=2)
-    task = task_of_model(model)
+    task = model.task
     with pytest.raises(ConfigError, match="not one of the model's labels"):
         explain(model, task, SequenceRecord("r", "ACGT"), target="7")
     with pytest.raises(InputError, match="more than the model reads"):
@@ -83,7 +82,6 @@ def test_refusals():
 def test_saliency_command(tmp_path):
     model = tiny(SequenceClassifier, "dna", num_labels=2, label2id={"no": 0, "yes": 1})
     model.save_pretrained(tmp_path / "model")
-    (tmp_path / "model" / TASK_FILE).write_text(json.dumps({"task": "classification"}))
     (tmp_path / "in.fa").write_text(">a\nACGTACGTAC\n>b\nTTGCA\n")
     out = tmp_path / "out"
     argv = ["saliency", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.fa")]
@@ -137,7 +135,7 @@ def test_ism_puts_the_largest_effects_on_a_planted_motif(tmp_path):
     )
     model_dir = tmp_path / "out" / "model"
     model = load_model(model_dir)
-    task = load_task(model, model_dir)
+    task = model.task
     background = "".join(rng.choice(list("ACGT"), 40))
     while MOTIF in background:
         background = "".join(rng.choice(list("ACGT"), 40))

@@ -13,7 +13,7 @@ from biotransformer.config import ModelConfig, TrainingConfig
 from biotransformer.errors import ConfigError
 from biotransformer.finetune import FinetuneConfig, finetune
 from biotransformer.heads import SequenceClassifier, load_model
-from biotransformer.inference import RecordDataset, load_task, predict_records, task_of_model
+from biotransformer.inference import RecordDataset, predict_records
 from biotransformer.io import SequenceRecord, read_sequences
 from biotransformer.strands import (
     StrandAugmentedDataset,
@@ -76,13 +76,13 @@ def test_proteins_are_refused_with_a_clear_error():
         require_dna(protein, "reverse-complement averaging")
     model = classifier("protein")
     with pytest.raises(ConfigError, match="proteins have no reverse complement"):
-        predict_records(model, [SequenceRecord("p", "MKV")], task_of_model(model), rc_average=True)
+        predict_records(model, [SequenceRecord("p", "MKV")], model.task, rc_average=True)
 
 
 @pytest.mark.parametrize("spec", ["dna", "dna-kmer:k=4", "dna-kmer:k=3,stride=3"])
 def test_rc_average_is_the_mean_of_both_strands(spec):
     model = classifier(spec)
-    task = task_of_model(model)
+    task = model.task
     rng = np.random.default_rng(0)
     records = [SequenceRecord(f"r{i}", random_dna(40 + i, rng)) for i in range(5)]
     forward = predict_records(model, records, task).scores
@@ -118,7 +118,7 @@ def write_csv(path: Path, rows: list[tuple[str, int]]) -> Path:
 
 def strand_gap(model_dir, records) -> float:
     model = load_model(model_dir)
-    task = load_task(model, model_dir)
+    task = model.task
     forward = predict_records(model, records, task).scores[:, 1]
     reverse = [reverse_complement_record(r) for r in records]
     return float(np.abs(forward - predict_records(model, reverse, task).scores[:, 1]).mean())
@@ -178,7 +178,7 @@ def test_predict_command_rc_average_and_windows(tmp_path, capsys):
 
 def test_finetune_rc_average_selects_tunes_and_stores_on_both_strands(tmp_path):
     """Validation scores in the log, the threshold, metrics.json and later predictions are all
-    means over both strands; task.json makes that the model's default."""
+    means over both strands; the head's config makes that the model's default."""
     from sklearn.metrics import roc_auc_score
 
     from biotransformer.cli import main
@@ -206,7 +206,7 @@ def test_finetune_rc_average_selects_tunes_and_stores_on_both_strands(tmp_path):
         )
     )
     model = load_model(result.model_dir)
-    task = load_task(model, result.model_dir)
+    task = model.task
     assert task.rc_average and result.metrics["rc_average"] is True
     valid = list(read_sequences(tmp_path / "valid.csv"))
     averaged = predict_records(model, valid, task)

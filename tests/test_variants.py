@@ -12,7 +12,7 @@ from biotransformer.cli import main
 from biotransformer.config import ModelConfig
 from biotransformer.errors import InputError
 from biotransformer.heads import MaskedLM, SequenceRegressor
-from biotransformer.inference import predict_records, task_of_model
+from biotransformer.inference import predict_records
 from biotransformer.io import SequenceRecord
 from biotransformer.tokenizers import Tokenizer
 from biotransformer.variants import (
@@ -228,7 +228,7 @@ def test_head_scores_are_the_change_in_prediction(tmp_path):
     config = ModelConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, pad_id=1)
     model = SequenceRegressor(config).eval()
     model.tokenizer = tokenizer
-    task = task_of_model(model)
+    task = model.task
     variants = [Variant("a", "p", (Substitution(4, "A", "G"),))]
     deltas = score_head(model, task, variants, {"p": PROTEIN})
     before, after = predict_records(

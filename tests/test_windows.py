@@ -17,7 +17,6 @@ from biotransformer.inference import (
     embed_records,
     evaluate_records,
     predict_records,
-    task_of_model,
     write_embeddings_h5,
 )
 from biotransformer.io import SequenceRecord
@@ -119,7 +118,7 @@ def test_aggregate_mean_and_max():
 def test_alibi_token_windows_match_full_length_and_stitch_exactly():
     tokenizer = Tokenizer.from_spec("dna")
     model = alibi_model(TokenClassifier, tokenizer, num_labels=2)
-    task = task_of_model(model)
+    task = model.task
     record = SequenceRecord("long", random_dna(1500))
     full = predict_records(model, [record], task).scores[0][1:]  # drop <cls>
     model.config.max_length = 258
@@ -145,7 +144,7 @@ def test_alibi_token_windows_match_full_length_and_stitch_exactly():
 def test_alibi_sequence_windows_match_full_length():
     tokenizer = Tokenizer.from_spec("dna")
     model = alibi_model(SequenceClassifier, tokenizer, num_labels=2, pooling="mean")
-    task = task_of_model(model)
+    task = model.task
     records = [SequenceRecord("long", random_dna(1500)), SequenceRecord("short", random_dna(80))]
     full = predict_records(model, records, task).scores
     model.config.max_length = 258
@@ -171,16 +170,14 @@ def test_learned_positions_long_input_never_crashes_or_truncates(tmp_path):
     labelled = [SequenceRecord(r.id, r.sequence, label="1") for r in records]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # cropping a sequence would warn
-        predicted = predict_records(classifier, records, task_of_model(classifier))
+        predicted = predict_records(classifier, records, classifier.task)
     assert predicted.windows.tolist()[1] == 1 and predicted.windows[0] > 1
-    metrics, predictions = evaluate_records(
-        classifier, labelled, task_of_model(classifier), bootstrap=0
-    )
+    metrics, predictions = evaluate_records(classifier, labelled, classifier.task, bootstrap=0)
     assert predictions.windows.tolist()[0] > 1 and metrics["n"] == 2
 
     lm = MaskedLM(config).eval()
     lm.tokenizer = tokenizer
-    result, _ = evaluate_records(lm, records, task_of_model(lm), bootstrap=0)
+    result, _ = evaluate_records(lm, records, lm.task, bootstrap=0)
     assert result["n"] > 2  # every window of the long record is scored
 
     embeddings = embed_records(lm, records, per_token=True)

@@ -117,10 +117,8 @@ def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
-    """The model's stored task, with ``--threshold`` (when given) as its decision threshold."""
-    from biotransformer.inference import load_task
-
-    task = load_task(model, args.model)
+    """The model's task, with ``--threshold`` (when given) as its decision threshold."""
+    task = model.task
     if args.threshold is not None:
         task.threshold = args.threshold
     return task
@@ -202,7 +200,7 @@ def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = Tr
             default=None,
             help="DNA: average the sequence-level scores of both strands (reverse complement); "
             "--no-rc-average scores the given strand only (default: what the model was "
-            "fine-tuned with, stored in task.json; off when it has none)",
+            "fine-tuned with, stored in its config.json; off when it has none)",
         )
 
 

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Classification: accuracy, F1, MCC, AUROC, AUPRC (average precision); regression: "
             "Pearson, Spearman, R^2, RMSE, MAE; masked-LM: held-out loss and perplexity. Each "
             "with a percentile bootstrap 95%% confidence interval. A decision threshold "
-            "stored with the model (model/task.json, from finetune --tune-threshold) is used."
+            "stored with the model (model/config.json, from finetune --tune-threshold) is used."
         ),
     )
     parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
@@ -130,12 +130,11 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
         labels_file=args.labels_file,
         duplicate_ids=args.duplicate_ids,
     )
-    masked_lm = task.task == "masked-lm"
     records = read_labelled(
         args.data,
-        "classification" if masked_lm else task.task,
+        task.task if task.has_labels else "classification",
         read,
-        labelled=not masked_lm,
+        labelled=task.has_labels,
         alphabet=model.tokenizer.alphabet,
     )
     try:

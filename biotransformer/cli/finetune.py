@@ -15,8 +15,7 @@ from biotransformer.cli.common import (
 )
 from biotransformer.errors import ConfigError
 from biotransformer.outputs import add_overwrite_option
-
-TASK_CHOICES = ("classification", "multilabel", "regression", "token-classification")
+from biotransformer.tasks import FINETUNE_TASKS
 
 
 def add_label_options(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=TASK_CHOICES,
+        choices=FINETUNE_TASKS,
         default="classification",
         help="classification (binary or multi-class), multilabel (comma-separated labels), "
         "regression (numbers) or token-classification (one label character per residue) "
@@ -197,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--tune-threshold",
         action="store_true",
-        help="tune the decision threshold for MCC on validation; stored in model/task.json",
+        help="tune the decision threshold for MCC on validation; stored in model/config.json",
     )
     train.add_argument(
         "--rc-augment",
@@ -211,7 +210,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--rc-average",
         action="store_true",
         help="DNA, sequence-level tasks: score validation and test (and, stored in "
-        "model/task.json, later predict/evaluate runs) as the mean over both strands",
+        "model/config.json, later predict/evaluate runs) as the mean over both strands",
     )
     split = parser.add_argument_group("splits")
     split.add_argument(

@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
     from biotransformer.heads import load_model
-    from biotransformer.inference import load_task
     from biotransformer.io import read_sequences
     from biotransformer.saliency import explain, file_stem, write_saliency, write_saliency_index
 
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, command="saliency", inputs=[args.model, args.input], overwrite=args.overwrite
     ) as run:
         model = load_model(args.model, require_tokenizer=True)
-        task = load_task(model, args.model)
+        task = model.task
         records = read_sequences(
             args.input,
             sequence_column=args.sequence_column,

@@ -57,7 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read, check, score and write the variants."""
     from biotransformer.heads import load_model
-    from biotransformer.inference import load_task
     from biotransformer.variants import (
         read_reference,
         read_variants,
@@ -69,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     inputs = [args.model, args.reference, args.variants]
     check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, allow_stdout=True)
     model = load_model(args.model, require_tokenizer=True)
-    task = load_task(model, args.model)
+    task = model.task
     reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
     variants = read_variants(args.variants, reference)
-    if task.task == "masked-lm":
+    if not task.has_labels:
         methods = [method.strip() for method in args.methods.split(",") if method.strip()]
         scores = score_masked_lm(
             model, variants, reference, methods=methods, batch_size=args.batch_size
