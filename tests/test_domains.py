@@ -468,7 +468,7 @@ def test_config_json_model_and_head_values_are_typed(
     [
         ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
         ("threshold", 5, "threshold = 5 must be a number in [0, 1]"),
-        ("threshold", float("nan"), "threshold = nan must be a number in [0, 1]"),
+        ("threshold", float("nan"), "head.threshold = nan must be a finite number"),
         ("threshold", [0.5, 0.5], "threshold = [0.5, 0.5] must be a number"),
         ("threshold", True, "threshold = True must be a number"),
         ("rc_average", "yes", "head.rc_average = 'yes' has type str, expected bool"),
@@ -719,7 +719,6 @@ def test_a_malformed_hf_directory_is_one_line_naming_it(
 # ------------------------------------------------------------ messages for the command line
 
 
-@pytest.fixture(scope="module")
 def test_a_config_json_threshold_decides(
     model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -736,6 +735,7 @@ def test_a_config_json_threshold_decides(
     assert [row.split("\t")[1] for row in rows] == ["1"] * 4  # P >= 0 always
 
 
+@pytest.fixture(scope="module")
 def protein_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained protein binary classifier."""
     tokenizer = Tokenizer.from_spec("protein")
