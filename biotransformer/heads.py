@@ -29,6 +29,7 @@ from biotransformer.atomic import (
     atomic_directory,
     json_text,
     restore_interrupted_directory,
+    safetensors_os_errors,
     write_json,
 )
 from biotransformer.config import ModelConfig, check_value
@@ -287,7 +288,8 @@ class BioTransformerModel(nn.Module):
         }
         with atomic_directory(directory, replaces=MODEL_FILES) as staging:
             (staging / CONFIG_FILE).write_text(json_text(document))
-            save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+            with safetensors_os_errors(staging / WEIGHTS_FILE):
+                save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
             if tokenizer is not None:
                 tokenizer.save(staging)
         return Path(directory)
