@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from biotransformer.errors import InputError
 
 
@@ -106,7 +108,7 @@ def strict_json(value: Any) -> Any:
         return {key: strict_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [strict_json(item) for item in value]
-    if isinstance(value, float) or type(value).__name__ in ("float32", "float64", "float16"):
+    if isinstance(value, (float, np.floating)):
         number = float(value)
         return number if math.isfinite(number) else None
     return value

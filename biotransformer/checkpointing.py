@@ -44,7 +44,7 @@ from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from biotransformer.atomic import atomic_write
+from biotransformer.atomic import write_json
 from biotransformer.errors import ConfigError, ModelDirectoryError
 
 CHECKPOINT_FILE = "checkpoint.json"
@@ -421,8 +421,7 @@ class Checkpointer:
                 "files": self.files(),
                 "saved_at": time.time(),
             }
-            with atomic_write(staging / CHECKPOINT_FILE) as handle:
-                json.dump(record, handle, indent=2)
+            write_json(staging / CHECKPOINT_FILE, record)
             self._replace(staging, final)
             self._prune()
         accelerator.wait_for_everyone()

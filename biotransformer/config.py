@@ -407,7 +407,10 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     data = _section_from_dict(DataConfig, "data", values.get("data") or {})
     training = _section_from_dict(TrainingConfig, "training", values.get("training") or {})
     config = RunConfig(model=model, data=data, training=training)
-    model_length = config.model_config(vocab_size=_PLACEHOLDER_VOCAB, pad_id=0).max_length
+    try:
+        model_length = config.model_config(vocab_size=_PLACEHOLDER_VOCAB, pad_id=0).max_length
+    except ConfigError as error:  # a run config's ModelConfig fields are its model.KEY keys
+        raise ConfigError(str(error).replace("ModelConfig.", "model.")) from None
     if data.max_length > model_length:
         raise ConfigError(
             f"data.max_length = {data.max_length} exceeds the model's max_length = "

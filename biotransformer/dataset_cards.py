@@ -261,8 +261,16 @@ def _read_genomic_benchmarks_folder(path: Path, card: DatasetCard) -> Rows:
                 path=class_dir,
             )
         label = str(labels.index(class_dir.name))
-        rows.extend((file.read_text().strip(), label) for file in sorted(class_dir.glob("*.txt")))
+        rows.extend((_read_text(file), label) for file in sorted(class_dir.glob("*.txt")))
     return rows
+
+
+def _read_text(path: Path) -> str:
+    """One sequence file of a folder dataset; not UTF-8 is an ``InputError`` naming it."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text", path=path) from None
 
 
 CONVERTERS: dict[str, Callable[[Path, DatasetCard], Rows]] = {

@@ -60,7 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from biotransformer.atomic import atomic_write, write_json
+from biotransformer.atomic import atomic_write, json_text, write_json
 from biotransformer.checkpointing import Checkpointer, resolve_resume
 from biotransformer.config import TrainingConfig
 from biotransformer.data.collator import IGNORE_INDEX
@@ -432,7 +432,7 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json_text(row, indent=None))
             handle.flush()
         self.accelerator.log(
             {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},

@@ -66,7 +66,30 @@ def read_labelled(
                     line=record.line,
                     fix="name the label with --label-column, --label-from or --labels-file",
                 )
+        if task == "classification":
+            _check_one_spelling_per_class(path, records)
     return records
+
+
+def _check_one_spelling_per_class(path: str | Path, records: Sequence[SequenceRecord]) -> None:
+    """Class labels that are all numbers write each number one way: ``1`` and ``1.0`` would
+    silently become two classes."""
+    try:
+        numbers = [float(str(record.label)) for record in records]
+    except ValueError:
+        return
+    spellings: dict[float, str] = {}
+    for record, number in zip(records, numbers, strict=True):
+        first = spellings.setdefault(number, str(record.label))
+        if first != str(record.label):
+            raise InputError(
+                f"class labels {first!r} and {record.label!r} are the same number written two "
+                "ways (they would be two classes)",
+                path=path,
+                record=record.id,
+                line=record.line,
+                fix="write each class label one way",
+            )
 
 
 def read_groups(path: str | Path, read: ReadOptions) -> list[str]:

@@ -744,7 +744,8 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
         if not 0 <= index <= num_layers:
             raise ConfigError(
                 f"layer {layer} does not exist: the model has layers 0 (embeddings) to "
-                f"{num_layers}; negative values count from the end"
+                f"{num_layers}. Fix: give --layers (layers= in Python) from 0 to {num_layers}, "
+                f"or from -{num_layers + 1} counting from the end"
             )
         chosen.append(index)
     return chosen

@@ -130,6 +130,8 @@ def read_sequences(
             f"{_flag('label_from')} reads FASTA/FASTQ headers, but {path} is "
             f"{options.format.upper()}: use {_flag('label_column')}"
         )
+    if options.format in ("fasta", "fastq"):
+        _check_no_columns(path, options.format, sequence_column, id_column, labels_file)
     options.header_label = None if label_from is None else _header_label_parser(label_from)
     if labels_file is not None:
         options.sidecar = _read_label_table(
@@ -139,6 +141,32 @@ def read_sequences(
         )
         options.sidecar_path = Path(labels_file)
     return _records(options)
+
+
+def _check_no_columns(
+    path: str | Path,
+    format: str,
+    sequence_column: str | int,
+    id_column: str | int | None,
+    labels_file: str | Path | None,
+) -> None:
+    """Column options name CSV/TSV columns: given for a FASTA/FASTQ file (``id_column``
+    without a ``labels_file``, where it names the label table's id column), they are refused."""
+    given = [
+        option
+        for option, value, default in (
+            ("sequence_column", sequence_column, "sequence"),
+            ("id_column", None if labels_file is not None else id_column, None),
+        )
+        if value != default
+    ]
+    if given:
+        raise InputError(
+            f"{_flag(given[0])} names a CSV/TSV column, but the file is {format.upper()} "
+            "(ids and sequences come from its records)",
+            path=path,
+            fix=f"leave {_flag(given[0])} out, or give a CSV/TSV file",
+        )
 
 
 def _looks_like_sequence(value: str) -> bool:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from biotransformer.atomic import atomic_write, write_json
+from biotransformer.atomic import atomic_write, json_text, write_json
 from biotransformer.errors import ConfigError, InputError
 
 STDOUT = "-"
@@ -288,7 +288,7 @@ class _Lock:
                 pass
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        os.write(fd, json_text(info, indent=None).encode())
         os.fsync(fd)
         self.path, self.fd = path, fd
 

@@ -212,7 +212,8 @@ def attention_weights(
     if not -model.config.num_layers <= layer < model.config.num_layers:
         raise InputError(
             f"layer {layer} does not exist: the model has {model.config.num_layers} layers",
-            fix=f"give a layer from 0 to {model.config.num_layers - 1} (or negative from the end)",
+            fix=f"give --layer (layer= in Python) from 0 to {model.config.num_layers - 1}, "
+            f"or from -{model.config.num_layers} counting from the end",
         )
     was_training = model.training
     model.eval()
@@ -236,6 +237,7 @@ def plot_attention_of(
     if head is not None and not 0 <= head < len(weights):
         raise InputError(
             f"head {head} does not exist: the layer has {len(weights)} heads",
-            fix=f"give a head from 0 to {len(weights) - 1}, or leave it out for the mean",
+            fix=f"give --head (head= in Python) from 0 to {len(weights) - 1}, or leave it out "
+            "for the mean",
         )
     return plots.plot_attention_map(weights, tokens, path, head=head)

@@ -259,7 +259,7 @@ def test_every_rate_must_be_finite_and_positive(value: str) -> None:
         ("training.betas=[0.9, .nan]", "training.betas"),
         ("training.weight_decay=yes", "training.weight_decay"),
         ("training.mixed_precision=fp8", "training.mixed_precision"),
-        ("model.dropout=.nan", "ModelConfig.dropout"),
+        ("model.dropout=.nan", "model.dropout"),
     ],
 )
 def test_run_config_values_outside_their_domain_are_named(override: str, named: str) -> None:
@@ -375,6 +375,7 @@ def predict_with(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> 
             str(records),
             "--out",
             str(tmp_path / "p.tsv"),
+            "--overwrite",  # a test may predict twice into one file
         ]
     )
     err = capsys.readouterr().err
@@ -770,7 +771,9 @@ def test_a_model_directory_message_names_no_python_method(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     records = write_fasta(tmp_path / "in.fa", 2)
-    argv = ["predict", "--model", str(tmp_path), "--input", str(records)]
+    empty = tmp_path / "empty"  # --out may not lie inside --model
+    empty.mkdir()
+    argv = ["predict", "--model", str(empty), "--input", str(records)]
     status, err = run_cli([*argv, "--out", str(tmp_path / "o.tsv")], capsys)
     assert status == 2
     assert "config.json: not found" in err

@@ -9,7 +9,12 @@ import pytest
 
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.finetune import FinetuneConfig, ReadOptions, apply_overrides, finetune
-from biotransformer.finetune_data import label_vocabulary, loss_weights, prepare_splits
+from biotransformer.finetune_data import (
+    label_vocabulary,
+    loss_weights,
+    prepare_splits,
+    read_labelled,
+)
 from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord
 
@@ -65,6 +70,16 @@ def test_label_vocabulary_sorts_numbers_numerically():
     assert label_vocabulary("multilabel", multi) == ["a", "b", "c"]
     with pytest.raises(InputError, match="single class"):
         label_vocabulary("classification", records[:1])
+
+
+def test_one_number_written_two_ways_is_not_two_classes(tmp_path):
+    table = tmp_path / "ones.csv"
+    table.write_text("sequence,label\nACGT,0\nACGA,1\nACGC,1.0\n")
+    with pytest.raises(InputError, match=r"ones.csv, line 4, .*'1' and '1.0' are the same number"):
+        read_labelled(table, "classification", ReadOptions())
+    words = tmp_path / "words.csv"
+    words.write_text("sequence,label\nACGT,1\nACGA,1.0\nACGC,one\n")
+    assert len(read_labelled(words, "classification", ReadOptions())) == 3  # not all numbers
 
 
 def test_loss_weights(tmp_path):

@@ -181,6 +181,15 @@ def test_csv_columns_ids_and_whitespace(tmp_path: Path) -> None:
     assert by_position == [SequenceRecord("p:2", "AC", None)]
 
 
+def test_column_options_for_a_fasta_file_are_refused_by_flag(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.fa", ">a\nACGT\n")
+    for option in ("id_column", "sequence_column"):
+        with pytest.raises(InputError, match=f"s.fa: --{option.replace('_', '-')} .* is FASTA"):
+            read(path, **{option: "nosuch"})
+    labels = write(tmp_path / "labels.csv", "name,label\na,1\n")
+    assert read(path, labels_file=labels, id_column="name")[0].label == "1"
+
+
 def test_duplicate_ids_warn_and_allow(tmp_path: Path) -> None:
     path = write(tmp_path / "d.fa", ">a\nAC\n>a\nGT\n")
     with pytest.warns(UserWarning, match=r"line 3, record 'a': duplicate id"):

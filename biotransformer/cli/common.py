@@ -206,8 +206,17 @@ def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = Tr
         )
 
 
-def window_options(args: argparse.Namespace) -> Any:
-    """The ``WindowOptions`` the flags ask for."""
-    from biotransformer.windows import WindowOptions
+def window_options(args: argparse.Namespace, model: Any) -> Any:
+    """The ``WindowOptions`` the flags ask for; a ``--window-overlap`` that is not smaller
+    than ``model``'s window (in letters) is refused before any work."""
+    from biotransformer.errors import ConfigError
+    from biotransformer.windows import WindowOptions, first_window_size
 
+    size = first_window_size(model.tokenizer, model.config.max_length)
+    if args.window_overlap is not None and args.window_overlap >= size:
+        raise ConfigError(
+            f"--window-overlap {args.window_overlap} is not smaller than the window of "
+            f"--model {args.model} ({size} letters). Fix: give a --window-overlap below {size} "
+            "(default: a quarter of the window)"
+        )
     return WindowOptions(overlap=args.window_overlap, aggregate=args.window_aggregate)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from biotransformer.atomic import json_text
 from biotransformer.outputs import add_overwrite_option, check_model_directory_output
 
 SOURCES = ("hf", "fair-esm", "biotransformer")
@@ -77,5 +77,5 @@ def _convert(args: argparse.Namespace) -> int:
         "parameters": model.num_parameters(),
         "tokenizer": None if model.tokenizer is None else model.tokenizer.spec,
     }
-    print(json.dumps(summary))
+    print(json_text(summary, indent=None), end="")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from biotransformer.outputs import add_overwrite_option, claim_run_directory
+
 
 def register(subparsers: Any) -> None:
     """Add ``datasets`` with its ``list`` and ``get`` subcommands."""
@@ -60,6 +62,7 @@ def register(subparsers: Any) -> None:
         help="replace the scheme and host of every download URL with this one "
         "(default: $BIOTRANSFORMER_DATASETS_MIRROR)",
     )
+    add_overwrite_option(get_parser)
     get_parser.set_defaults(handler=_get)
 
 
@@ -83,11 +86,21 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    from biotransformer.dataset_cards import fetch_dataset
+    from biotransformer.dataset_cards import fetch_dataset, get_card
 
-    written = fetch_dataset(
-        args.name, args.out, cache_dir=args.cache, base_url=args.mirror, from_dir=args.from_dir
-    )
+    card = get_card(args.name)  # an unknown name is refused before --out is claimed
+    csvs = {f"{split}.csv" for split in card.derive_splits or card.splits}
+    with claim_run_directory(
+        args.out,
+        command="datasets get",
+        inputs=[args.from_dir],
+        overwrite=args.overwrite,
+        # an earlier version's output (no run record) holds nothing but the split CSV files
+        recognise=lambda directory: all(entry.name in csvs for entry in directory.iterdir()),
+    ):
+        written = fetch_dataset(
+            args.name, args.out, cache_dir=args.cache, base_url=args.mirror, from_dir=args.from_dir
+        )
     for split, path in written.items():
         print(f"{split}\t{path}")
     return 0

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     accelerator, model = load_launched_model(args)
+    windows = window_options(args, model)
     records = read_input_records(args, model)
     with naming_input(args.input):
         embeddings = embed_records(
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             per_token=args.per_token,
             max_tokens=args.max_tokens,
             accelerator=accelerator,
-            windows=window_options(args),
+            windows=windows,
         )
     if not is_main(accelerator):
         return 0

@@ -124,6 +124,7 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
 
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
+    windows = window_options(args, model)
     read = ReadOptions(
         sequence_column=args.sequence_column,
         label_column=args.label_column,
@@ -150,7 +151,7 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
             seed=args.seed,
             mask_rate=args.mask_rate,
             accelerator=accelerator,
-            windows=window_options(args),
+            windows=windows,
             rc_average=args.rc_average,
         )
     except InputError as error:  # labels checked against the model's name the data file

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from biotransformer.cli.common import any_int, non_negative_int
+from biotransformer.cli.common import any_int, naming_input, non_negative_int
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
@@ -45,15 +46,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute the attention weights and write the PNG."""
     from biotransformer.heads import load_model
-    from biotransformer.io import read_sequences
     from biotransformer.report import plot_attention_of
 
     check_output_file(args.out, inputs=[args.model, args.input], overwrite=args.overwrite)
     model = load_model(args.model, require_tokenizer=True)
-    if args.sequence is not None:
-        sequence = args.sequence
-    else:
-        sequence = next(iter(read_sequences(args.input, label_column=None))).sequence
+    sequence = the_sequence(args, model)
     plot_attention_of(model, sequence, args.out, layer=args.layer, head=args.head)
     print(f"attention map of layer {args.layer} written to {args.out}")
     return 0
+
+
+def the_sequence(args: argparse.Namespace, model: Any) -> str:
+    """``--sequence``, or the first record of ``--input``, checked against the model's
+    tokenizer: an empty sequence, an empty file or letters the model does not read are
+    refused naming the flag or the file and record."""
+    from biotransformer.errors import InputError
+    from biotransformer.io import read_sequences
+
+    if args.sequence is not None:
+        sequence = "".join(args.sequence.split())
+        if not sequence:
+            raise InputError(
+                "--sequence is empty", fix="give the sequence's letters, or --input FILE"
+            )
+        try:
+            model.tokenizer.encode(sequence, max_length=model.config.max_length)
+        except InputError as error:
+            at = "" if error.position is None else f" at position {error.position}"
+            raise InputError(
+                f"--sequence{at}: {error.problem}, and --model {args.model} reads "
+                f"{model.tokenizer.alphabet}",
+                fix=f"give a {model.tokenizer.alphabet} sequence, or a model that reads it",
+            ) from None
+        return sequence
+    record = next(iter(read_sequences(args.input, label_column=None)), None)
+    if record is None:
+        raise InputError(
+            "holds no records", path=args.input, fix="give a file with at least one sequence"
+        )
+    with naming_input(args.input, record):
+        model.tokenizer.encode(record.sequence, max_length=model.config.max_length)
+    return record.sequence

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
+    windows = window_options(args, model)
     records = read_input_records(args, model)
     with naming_input(args.input):
         predictions = predict_records(
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             task,
             max_tokens=args.max_tokens,
             accelerator=accelerator,
-            windows=window_options(args),
+            windows=windows,
             rc_average=args.rc_average,
         )
     if not is_main(accelerator):

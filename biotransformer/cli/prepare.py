@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from biotransformer.atomic import json_text
 from biotransformer.cli.common import fraction, non_negative_int, positive_int, probability
 
 
@@ -97,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
             max_n_fraction=args.max_n_fraction,
             progress=not args.quiet,
         )
-    print(json.dumps({**summary.to_dict(), "mbp_per_s": round(summary.mbp_per_s, 1)}, indent=2))
+    print(json_text({**summary.to_dict(), "mbp_per_s": round(summary.mbp_per_s, 1)}), end="")
     return 0

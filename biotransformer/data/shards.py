@@ -798,9 +798,9 @@ class ShardDataset:
             )
         if manifest.get("format_version") != FORMAT_VERSION:
             raise InputError(
-                f"shard format version {manifest.get('format_version')}, this version of "
+                f"shard format version {manifest.get('format_version')!r}, this version of "
                 f"biotransformer reads {FORMAT_VERSION}",
-                path=self.directory,
+                path=self.directory / "manifest.json",
                 fix="re-run 'biotransformer prepare --force'",
             )
         if split not in manifest["splits"]:
