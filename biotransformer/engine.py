@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from biotransformer.atomic import atomic_write, json_text, write_json
-from biotransformer.checkpointing import Checkpointer, resolve_resume
+from biotransformer.checkpointing import Checkpointer, Stateful, resolve_resume
 from biotransformer.config import TrainingConfig
 from biotransformer.data.collator import IGNORE_INDEX
 from biotransformer.data.sampler import TokenBudgetBatchSampler
@@ -123,12 +123,13 @@ class Run:
 class Recipe(Protocol[ResultT]):
     """The parts of one kind of training run; the engine (``run``) does the rest.
 
-    ``kind`` names the run (the checkpoint kind a resume is checked against, the command of
-    the output directory's record, the progress bar); ``training`` is its training config as
-    given (``resolve`` derives the values that run); ``output_flag`` names ``output_dir`` in
-    messages."""
+    ``kind`` names the run (the checkpoint kind a resume is checked against, see
+    ``checkpointing.RUN_KINDS``; the command of the output directory's record; the progress
+    bar): ``"pretrain"``, ``"finetune"``; ``training`` is its training config as given
+    (``resolve`` derives the values that run); ``output_flag`` names ``output_dir`` in
+    messages, ``resume_hint`` tells how to continue it."""
 
-    kind: Literal["pretrain", "finetune"]
+    kind: str
     training: TrainingConfig
     output_dir: Path
     output_flag: str
@@ -150,7 +151,7 @@ class Recipe(Protocol[ResultT]):
         """``config.yaml`` (the resolved config) and what ``run.json`` adds to provenance."""
         ...
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Stateful]:
         """State objects (``state_dict``/``load_state_dict``) of the recipe's own, saved in
         every checkpoint beside the trainer state and the data position."""
         ...

@@ -40,6 +40,7 @@ from accelerate.utils import set_seed
 
 from biotransformer import engine
 from biotransformer.atomic import atomic_directory, json_text, write_json
+from biotransformer.checkpointing import Stateful
 from biotransformer.config import (
     ModelConfig,
     TrainingConfig,
@@ -546,7 +547,7 @@ class FinetuneRecipe:
     def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return {**self.config.to_dict(), "training": dataclasses.asdict(training)}, self.run_info
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Stateful]:
         return {"selection": self.selection}
 
     def evaluator(self, run: Run) -> Callable[[], dict[str, float]]:

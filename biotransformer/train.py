@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from biotransformer import engine
-from biotransformer.checkpointing import latest_checkpoint
+from biotransformer.checkpointing import Stateful, latest_checkpoint
 from biotransformer.config import DataConfig, RunConfig, TrainingConfig
 from biotransformer.data.collator import MaskingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
@@ -134,7 +134,7 @@ class PretrainRecipe:
     def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.config.to_dict(), {}
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Stateful]:
         return {}
 
     def evaluator(self, run: Run) -> Callable[[], dict[str, float]] | None:
