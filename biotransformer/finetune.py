@@ -1,10 +1,11 @@
 """Fine-tuning: labelled FASTA/CSV in, a selected model and trustworthy test numbers out.
 
-``finetune(config)`` reads the splits (carving the missing validation/test splits out of the
-training file without leakage, see ``splits``), encodes labels, builds the head model (warm
-started from any model directory, or a new encoder from a preset), trains it with the one
-training loop of ``biotransformer.train``, keeps the model that scores best on validation,
-and evaluates the test split once, at the end, with that model. The output directory::
+``finetune(config)`` runs ``FinetuneRecipe`` on the run engine (``engine``): it reads the
+splits (carving the missing validation/test splits out of the training file without leakage,
+see ``finetune_data`` and ``splits``), encodes labels, builds the head model once (warm
+started from any model directory, or a new encoder from a preset; class weights are set on
+it afterwards), trains it, keeps the model that scores best on validation, and evaluates the
+test split once, at the end, with that model. The output directory::
 
     model/            the selected model directory (config.json with the head's decision
                       threshold, model.safetensors, tokenizer.json); with LoRA, the
@@ -28,18 +29,18 @@ import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 
-from biotransformer.atomic import atomic_write, write_json
-from biotransformer.checkpointing import Checkpointer, resolve_resume
+from biotransformer import engine
+from biotransformer.atomic import write_json
+from biotransformer.checkpointing import Stateful
 from biotransformer.config import (
     ModelConfig,
     TrainingConfig,
@@ -50,9 +51,17 @@ from biotransformer.config import (
     parse_override_value,
 )
 from biotransformer.data.collator import PaddingCollator
-from biotransformer.data.sampler import TokenBudgetBatchSampler
-from biotransformer.errors import ConfigError, InputError
-from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, load_model
+from biotransformer.engine import Outcome, Plan, Run, count_targets
+from biotransformer.errors import ConfigError
+from biotransformer.finetune_data import (
+    SplitReport,
+    label_vocabulary,
+    loss_weights,
+    prepare_splits,
+    read_labelled,
+    targets_of,
+)
+from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, load_model, set_class_weights
 from biotransformer.inference import (
     RecordDataset,
     evaluate_records,
@@ -64,7 +73,7 @@ from biotransformer.inference import (
     write_predictions_tsv,
 )
 from biotransformer.interop import model_directory
-from biotransformer.io import SequenceRecord, guess_alphabet, read_sequences
+from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.lora import (
     LoraSettings,
     apply_lora,
@@ -72,11 +81,9 @@ from biotransformer.lora import (
     merge_lora,
     save_adapter,
 )
-from biotransformer.memory import preflight
 from biotransformer.metrics import tune_threshold
-from biotransformer.outputs import claim_run_directory, holds_files
 from biotransformer.report import write_report
-from biotransformer.splits import deduplicate, leakage_report, split_records
+from biotransformer.runtime import broadcast_from_main
 from biotransformer.strands import (
     average_strands,
     require_dna,
@@ -85,21 +92,6 @@ from biotransformer.strands import (
 )
 from biotransformer.tasks import FINETUNE_TASKS, TASKS, TaskInfo
 from biotransformer.tokenizers import Tokenizer
-from biotransformer.train import (
-    BatchStream,
-    LoopContext,
-    MetricsLog,
-    TrainerState,
-    TrainingDiverged,
-    build_optimizer,
-    build_scheduler,
-    compile_if_asked,
-    count_targets,
-    make_accelerator,
-    provenance,
-    restore_checkpoint,
-    train_loop,
-)
 
 DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
 
@@ -222,7 +214,7 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} = {getattr(self, name)} must be in [0, 1)")
         if not 0.0 <= self.rc_augment <= 1.0:
             raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
-        if self.rc_average and TASKS[self.task].per_token:
+        if self.rc_average and self.task == "token-classification":
             raise ConfigError(
                 "rc_average applies to sequence-level tasks; per-base labels are "
                 "strand-specific: drop --rc-average"
@@ -275,237 +267,14 @@ def apply_overrides(config: FinetuneConfig, overrides: Sequence[str]) -> Finetun
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: reading, splitting, label encoding
-# ---------------------------------------------------------------------------------------------
-
-
-def read_labelled(
-    path: str | Path,
-    task: str,
-    read: ReadOptions,
-    *,
-    labelled: bool = True,
-    alphabet: Literal["dna", "protein"] | None = None,
-) -> list[SequenceRecord]:
-    """All records of a file with labels typed for ``task``; with ``alphabet``, records that
-    look like the other alphabet are refused (see ``io.read_sequences``)."""
-    records = list(
-        read_sequences(
-            path,
-            sequence_column=read.sequence_column,
-            label_column=read.label_column,
-            id_column=read.id_column,
-            label_from=read.label_from,
-            labels_file=read.labels_file,
-            label_type=TASKS[task].label_type if labelled else None,
-            alphabet=alphabet,
-            duplicate_ids=read.duplicate_ids,
-        )
-    )
-    if not records:
-        raise InputError("the file holds no records", path=path, fix="check the file")
-    if labelled:
-        for record in records:
-            if record.label is None:
-                raise InputError(
-                    "the record has no label",
-                    path=path,
-                    record=record.id,
-                    line=record.line,
-                    fix="name the label with --label-column, --label-from or --labels-file",
-                )
-        if task == "classification":
-            _check_one_spelling_per_class(path, records)
-    return records
-
-
-def _check_one_spelling_per_class(path: str | Path, records: Sequence[SequenceRecord]) -> None:
-    """Class labels that are all numbers write each number one way: ``1`` and ``1.0`` would
-    silently become two classes."""
-    try:
-        numbers = [float(str(record.label)) for record in records]
-    except ValueError:
-        return
-    spellings: dict[float, str] = {}
-    for record, number in zip(records, numbers, strict=True):
-        first = spellings.setdefault(number, str(record.label))
-        if first != str(record.label):
-            raise InputError(
-                f"class labels {first!r} and {record.label!r} are the same number written two "
-                "ways (they would be two classes)",
-                path=path,
-                record=record.id,
-                line=record.line,
-                fix="write each class label one way",
-            )
-
-
-def read_groups(path: str | Path, read: ReadOptions) -> list[str]:
-    """The group value of each record of ``path``, in record order."""
-    group = read.group_column
-    is_table = Path(str(path).removesuffix(".gz")).suffix.lower() in (".csv", ".tsv", ".tab")
-    records = read_sequences(
-        path,
-        sequence_column=read.sequence_column,
-        id_column=read.id_column,
-        label_column=group if is_table else None,
-        label_from=None if is_table else str(group),
-        label_type="class",
-    )
-    return [str(record.label) for record in records]
-
-
-def _natural_key(label: str) -> tuple:
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
-
-
-def label_vocabulary(task: str, records: Sequence[SequenceRecord]) -> list[str]:
-    """Sorted label names (numerically when they are numbers): classes, multilabel names, or
-    the per-residue characters of token classification; empty for regression."""
-    spec = TASKS[task]
-    if spec.label_type == "numeric":
-        return []
-    names: set[str] = set()
-    for record in records:
-        label = record.label
-        if spec.label_type == "multilabel":
-            names.update(label)  # type: ignore[arg-type]
-        elif spec.per_token:
-            names.update(str(label))
-        else:
-            names.add(str(label))
-    labels = sorted(names, key=_natural_key)
-    if spec.classes and spec.label_type == "class" and len(labels) < 2:
-        raise InputError(
-            f"the training data has a single class {labels}",
-            fix="classification needs at least two classes",
-        )
-    return labels
-
-
-@dataclass
-class SplitReport:
-    """What happened to the data before training, for run.json and the log."""
-
-    sizes: dict[str, int]
-    removed_duplicates: int = 0
-    conflicting_labels: int = 0
-    cross_split_duplicates: int = 0
-    cross_split_conflicting: int = 0
-    examples: list[list[str]] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        sizes = ", ".join(f"{name} {n}" for name, n in self.sizes.items())
-        return [
-            f"splits: {sizes}",
-            f"duplicates removed before splitting: {self.removed_duplicates} "
-            f"({self.conflicting_labels} duplicated sequences with conflicting labels)",
-            f"sequences shared between splits: {self.cross_split_duplicates} "
-            f"({self.cross_split_conflicting} with conflicting labels)",
-        ]
-
-
-def prepare_splits(
-    config: FinetuneConfig, alphabet: str
-) -> tuple[dict[str, list[SequenceRecord]], SplitReport]:
-    """Train/valid/test records: the given files, the missing splits carved out of train
-    (deduplicated, stratified or by group), and a report of duplicates and leakage."""
-    train = read_labelled(config.train, config.task, config.read)
-    given = {
-        name: read_labelled(path, config.task, config.read)
-        for name, path in (("valid", config.valid), ("test", config.test))
-        if path is not None
-    }
-    missing = {
-        name: fraction
-        for name, fraction in (("valid", config.valid_fraction), ("test", config.test_fraction))
-        if name not in given and fraction > 0
-    }
-    removed = conflicting = 0
-    if missing:
-        groups = (
-            None if config.read.group_column is None else read_groups(config.train, config.read)
-        )
-        try:
-            result = split_records(
-                train,
-                fractions=missing,
-                alphabet=alphabet,
-                seed=config.training.seed,
-                groups=groups,
-            )
-        except InputError as error:  # too few records to split: name the training file
-            raise error.with_path(config.train) from None
-        splits = {**result.splits, **given}
-        removed = result.deduplicated.n_removed
-        conflicting = result.deduplicated.n_conflicting
-    else:
-        splits = {"train": train, **given}
-        within = deduplicate(train, alphabet)
-        conflicting = within.n_conflicting
-    if "valid" not in splits:
-        raise ConfigError(
-            "no validation split: give --valid FILE or a valid_fraction above 0 (the model is "
-            "selected on validation)"
-        )
-    leaks = leakage_report(splits, alphabet)
-    report = SplitReport(
-        sizes={name: len(records) for name, records in splits.items()},
-        removed_duplicates=removed,
-        conflicting_labels=conflicting,
-        cross_split_duplicates=len(leaks.groups),
-        cross_split_conflicting=len(leaks.conflicting),
-        examples=[list(group.ids[:4]) for group in leaks.groups[:5]],
-    )
-    return {name: splits[name] for name in ("train", "valid", "test") if name in splits}, report
-
-
-# ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-
-
-def loss_weights(
-    config: FinetuneConfig, labels: list[str], targets: np.ndarray
-) -> list[float] | None:
-    """Class weights of the cross-entropy (single-label) or ``pos_weight`` of the BCE
-    (multilabel) from ``--class-weights balanced`` / ``--pos-weight``."""
-    label_type = TASKS[config.task].label_type
-    if label_type == "multilabel":
-        if config.pos_weight is None and config.class_weights is None:
-            return None
-        if config.pos_weight not in (None, "balanced"):
-            return [float(config.pos_weight)] * len(labels)
-        positives = targets.sum(axis=0)
-        return [float((len(targets) - p) / max(p, 1)) for p in positives]
-    if label_type != "class":
-        return None
-    counts = np.bincount(targets[targets >= 0], minlength=len(labels)).astype(float)
-    if config.class_weights == "balanced":
-        weights = counts.sum() / (len(labels) * np.maximum(counts, 1.0))
-    else:
-        weights = np.ones(len(labels))
-    if config.pos_weight is not None:
-        if len(labels) != 2:
-            raise ConfigError("pos_weight needs a binary task; use --class-weights for more")
-        weights[1] *= (
-            counts[0] / max(counts[1], 1.0)
-            if config.pos_weight == "balanced"
-            else float(config.pos_weight)
-        )
-    if config.class_weights is None and config.pos_weight is None:
-        return None
-    return [float(w) for w in weights]
 
 
 def build_model(
     config: FinetuneConfig,
     alphabet: str,
     labels: list[str],
-    weights: list[float] | None,
     longest: int,
 ) -> torch.nn.Module:
     """The head model: warm started from ``config.model_dir`` (its encoder and tokenizer) or
@@ -519,7 +288,6 @@ def build_model(
         head["num_outputs"] = 1
     else:
         head["label2id"] = {label: i for i, label in enumerate(labels)}
-        head["class_weights"] = weights
         if config.classifier is not None:
             head["classifier"] = config.classifier
     if config.model_dir is not None:
@@ -598,12 +366,6 @@ class Selection:
         self.step = None if state["step"] is None else int(state["step"])
 
 
-def _targets(task: str, dataset: Any) -> np.ndarray:
-    if task == "token-classification":
-        return np.concatenate(dataset.labels)
-    return np.stack(dataset.labels)
-
-
 def _valid_loss(task: str, truth: np.ndarray, logits: np.ndarray, model: Any) -> float:
     """The unweighted training loss of the head on validation predictions."""
     if task == "regression":
@@ -622,20 +384,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     """Fine-tune, select on validation, evaluate the test split once; see the module doc.
     ``output_dir`` is claimed for the run first (``outputs.claim_run_directory``)."""
     config.validate()
-    accelerator = make_accelerator(config.training, project_dir=config.output_dir)
-    with claim_run_directory(
-        config.output_dir,
-        command="finetune",
-        inputs=finetune_inputs(config),
-        overwrite=config.overwrite,
-        resume=config.resume is not None,
-        resumable=True,
-        recognise=holds_files("run.json", "config.yaml"),
-        accelerator=accelerator,
-    ) as run:
-        result = _finetune(config, accelerator)
-        run.status = result.outcome
-        return result
+    return engine.run(FinetuneRecipe(config), resume=config.resume, overwrite=config.overwrite)
 
 
 def finetune_inputs(config: FinetuneConfig) -> list[str | None]:
@@ -646,221 +395,221 @@ def finetune_inputs(config: FinetuneConfig) -> list[str | None]:
     return [config.train, config.valid, config.test, config.read.labels_file, base]
 
 
-def _finetune(config: FinetuneConfig, accelerator: Any) -> FinetuneResult:
-    started = time.perf_counter()
-    output_dir = Path(config.output_dir)
-    training = dataclasses.replace(config.training, output_dir=str(output_dir))
-    checkpoint_dir = output_dir / "checkpoints"
-    resume_from = resolve_resume(
-        config.resume, checkpoint_dir, kind="finetune", num_processes=accelerator.num_processes
-    )
+class FinetuneRecipe:
+    """Fine-tuning as a recipe of the run engine (see ``engine.Recipe``): the labelled
+    splits, the head model (warm started or new, built once), selection on validation, and
+    the final evaluation of the selected model. ``plan`` sets what the data decided (the
+    splits, labels, tokenizer, datasets) for the later steps."""
 
-    first = next(iter(read_labelled(config.train, config.task, config.read)))
-    alphabet = guess_alphabet(first.sequence)
-    splits, report = prepare_splits(config, alphabet)
-    for line in report.lines():
-        accelerator.print(line)
-    labels = label_vocabulary(config.task, splits["train"])
-    task = TaskInfo(config.task, labels, rc_average=config.rc_average)
+    kind: Literal["finetune"] = "finetune"
+    output_flag = "--out"
+    splits: dict[str, list[SequenceRecord]]
+    report: SplitReport
+    task: TaskInfo
+    datasets: dict[str, Any]
+    run_info: dict[str, Any]
 
-    def label_fn(record: SequenceRecord, offsets: np.ndarray) -> Any:
-        if config.task == "token-classification":
-            return token_targets(task, record, offsets)
-        return label_targets(task, [record])[0]
+    def __init__(self, config: FinetuneConfig) -> None:
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.training = dataclasses.replace(config.training, output_dir=str(self.output_dir))
+        self.resume_hint = f"rerun the same command with --resume latest (--out {self.output_dir})"
+        self.model_dir = self.output_dir / "model"
+        self.adapter_dir = self.output_dir / "adapter"
+        self.selection = Selection()
+        self.started = time.perf_counter()
 
-    set_seed(training.seed)
-    longest = max(len(r.sequence) for records in splits.values() for r in records) + 2
-    train_targets = (
-        label_targets(task, splits["train"]) if config.task != "token-classification" else None
-    )
-    base = import_base(config, accelerator)
-    provisional = build_model(base, alphabet, labels, None, longest)
-    tokenizer = provisional.tokenizer
-    max_length = config.max_length or provisional.config.max_length
-    if config.rc_average:
-        require_dna(tokenizer, "reverse-complement averaging")
-    datasets = {
-        name: RecordDataset(records, tokenizer, max_length=max_length, labels=label_fn)
-        for name, records in splits.items()
-    }
-    if train_targets is None:
-        train_targets = _targets(config.task, datasets["train"])
-    weights = loss_weights(config, labels, train_targets)
-    set_seed(training.seed)
-    model = build_model(base, alphabet, labels, weights, longest) if weights else provisional
-    if config.task == "regression":
-        model.fit_target_scaling(torch.as_tensor(train_targets, dtype=torch.float32))
-    if config.lora is not None:
-        apply_lora(model, LoraSettings.parse(config.lora))
-    parameters = {
-        "trainable": model.num_parameters(trainable_only=True),
-        "total": model.num_parameters(),
-    }
-    accelerator.print(
-        f"parameters: {parameters['trainable']:,} of {parameters['total']:,} trainable "
-        f"({100 * parameters['trainable'] / parameters['total']:.2f}%)"
-    )
-    if config.rc_augment > 0:
-        datasets["train"] = strand_augmented(
-            splits["train"],
-            lambda records: RecordDataset(
-                records, tokenizer, max_length=max_length, labels=label_fn
-            ),
-            tokenizer,
-            config.rc_augment,
-            seed=training.seed,
+    def inputs(self) -> list[str | None]:
+        return finetune_inputs(self.config)
+
+    def plan(self, accelerator: Any) -> Plan:
+        config, seed = self.config, self.training.seed
+        self.started = time.perf_counter()
+        first = next(iter(read_labelled(config.train, config.task, config.read)))
+        alphabet = guess_alphabet(first.sequence)
+        self.splits, self.report = prepare_splits(config, alphabet)
+        for line in self.report.lines():
+            accelerator.print(line)
+        labels = label_vocabulary(config.task, self.splits["train"])
+        self.task = TaskInfo(config.task, labels, rc_average=config.rc_average)
+
+        set_seed(seed)  # the same initial weights on every process
+        base = import_base(config, accelerator)
+        longest = max(len(r.sequence) for records in self.splits.values() for r in records) + 2
+        model = build_model(base, alphabet, labels, longest)
+        self.tokenizer = model.tokenizer
+        self.max_length = config.max_length or model.config.max_length
+        if config.rc_average:
+            require_dna(self.tokenizer, "reverse-complement averaging")
+        self.datasets = {name: self.dataset(records) for name, records in self.splits.items()}
+        train_targets = (
+            label_targets(self.task, self.splits["train"])
+            if config.task != "token-classification"
+            else targets_of(config.task, self.datasets["train"])
         )
-
-    sampler = TokenBudgetBatchSampler(
-        datasets["train"].lengths,
-        max(config.max_tokens, int(datasets["train"].lengths.max())),
-        shuffle=True,
-        seed=training.seed,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-    )
-    lengths = datasets["train"].lengths
-    preflight(
-        model.config,
-        min(sampler.max_tokens, int(lengths.sum())),
-        int(lengths.max()),
-        device=str(accelerator.device),
-    )
-    steps_per_epoch = max(len(sampler) // training.gradient_accumulation_steps, 1)
-    max_steps = config.max_steps or max(math.ceil(config.epochs * steps_per_epoch), 1)
-    training.max_steps = max_steps
-    training.warmup_steps = round(config.warmup_fraction * max_steps)
-    training.eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)
-    training.log_every = min(training.log_every, max(training.eval_every, 1))
-
-    compile_if_asked(model, training)
-    optimizer = build_optimizer(model, training)
-    scheduler = build_scheduler(optimizer, training)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    collator = PaddingCollator(tokenizer.pad_id, token_labels=config.task == "token-classification")
-    batches = BatchStream(datasets["train"], sampler, collator)
-    state = TrainerState()
-    best = Selection()
-    log = MetricsLog(accelerator, output_dir / "log.jsonl")
-    checkpointer = Checkpointer(
-        accelerator,
-        checkpoint_dir,
-        training.keep_last,
-        kind="finetune",
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        state={"trainer": state, "data": batches, "selection": best},
-    )
-    if resume_from is not None:
-        restore_checkpoint(checkpointer, resume_from, log)
-    elif log.path.exists() and accelerator.is_main_process:
-        log.path.unlink()
-    model_dir = output_dir / "model"
-    adapter_dir = output_dir / "adapter"
-    select = config.select_metric or (
-        "auroc" if config.tune_threshold else TASKS[config.task].select_metric
-    )
-    valid_truth = _targets(config.task, datasets["valid"])
-    valid_reverse = (
-        RecordDataset(
-            [reverse_complement_record(record) for record in splits["valid"]],
-            tokenizer,
-            max_length=max_length,
+        weights = loss_weights(config, labels, train_targets)
+        if weights is not None:
+            set_class_weights(model, weights)
+        if config.task == "regression":
+            model.fit_target_scaling(torch.as_tensor(train_targets, dtype=torch.float32))
+        if config.lora is not None:
+            apply_lora(model, LoraSettings.parse(config.lora))
+        parameters = {
+            "trainable": model.num_parameters(trainable_only=True),
+            "total": model.num_parameters(),
+        }
+        accelerator.print(
+            f"parameters: {parameters['trainable']:,} of {parameters['total']:,} trainable "
+            f"({100 * parameters['trainable'] / parameters['total']:.2f}%)"
         )
-        if config.rc_average
-        else None
-    )
-
-    def evaluate() -> dict[str, float]:
-        network = accelerator.unwrap_model(model, keep_torch_compile=False)
-        logits = predict_logits(
-            network, datasets["valid"], max_tokens=config.max_tokens, accelerator=accelerator
-        )
-        flat = np.concatenate(logits) if config.task == "token-classification" else np.stack(logits)
-        truth = valid_truth
-        if config.task == "token-classification":
-            keep = truth >= 0
-            flat, truth = flat[keep], truth[keep]
-        scores = task.probabilities(flat)
-        if valid_reverse is not None:
-            reverse = predict_logits(
-                network, valid_reverse, max_tokens=config.max_tokens, accelerator=accelerator
+        if config.rc_augment > 0:
+            self.datasets["train"] = strand_augmented(
+                self.splits["train"], self.dataset, self.tokenizer, config.rc_augment, seed=seed
             )
-            scores = average_strands(scores, task.probabilities(np.stack(reverse)))
-        result = metrics_from_scores(task, truth, scores, bootstrap=0, seed=0)
-        values = {f"valid_{name}": entry["value"] for name, entry in result["metrics"].items()}
-        values["valid_loss"] = _valid_loss(config.task, truth, flat, network)
-        if select not in result["metrics"]:
-            raise ConfigError(f"select_metric {select!r} is not one of {sorted(result['metrics'])}")
-        score = result["metrics"][select]["value"]
-        score = -score if select in ("rmse", "mae") else score
-        score = score if math.isfinite(score) else -math.inf
-        if best.step is None or score > best.score:
-            best.score, best.step = score, state.step
-            if accelerator.is_main_process:
-                if config.lora is None:
-                    network.save_pretrained(model_dir)
-                else:  # merged into model/ at the end
-                    save_adapter(network, adapter_dir)
-            accelerator.wait_for_everyone()
-        return values
-
-    if accelerator.is_main_process and resume_from is None:
-        resolved = {**config.to_dict(), "training": dataclasses.asdict(training)}
-        with atomic_write(output_dir / "config.yaml") as handle:
-            yaml.safe_dump(resolved, handle, sort_keys=False)
-        run_info = {
-            **provenance(training.seed),
-            "num_processes": accelerator.num_processes,
+        self.run_info = {
             "alphabet": alphabet,
             "labels": labels,
             "base_model": base.model_dir,
             "parameters": parameters,
-            "splits": dataclasses.asdict(report),
+            "splits": dataclasses.asdict(self.report),
         }
-        write_json(output_dir / "run.json", run_info)
-    context = LoopContext(
-        checkpointer=checkpointer,
-        log=log,
-        evaluate=evaluate,
-        count=_target_counter(config.task),
-        desc="finetune",
-        resume_hint=f"rerun the same command with --resume latest (--out {output_dir})",
-    )
-    try:  # end_training ends the process group: the final evaluation gathers before it
-        try:
-            outcome = train_loop(
-                accelerator, model, optimizer, scheduler, batches, state, training, context
-            )
-        except TrainingDiverged:
-            fresh = checkpointer.last_saved_step is None  # nothing to resume from
-            if accelerator.is_main_process and fresh and best.step is not None:
-                # selected in this run, which diverged: not a result
-                shutil.rmtree(model_dir, ignore_errors=True)
-                shutil.rmtree(adapter_dir, ignore_errors=True)
-            raise
-        if outcome == "interrupted":
-            elapsed = time.perf_counter() - started
-            return FinetuneResult(output_dir, model_dir, {}, best.step, elapsed, outcome)
-        if accelerator.is_main_process and config.lora is not None:
-            # the selected adapters, merged: an ordinary model
-            network = load_adapter_weights(
-                accelerator.unwrap_model(model, keep_torch_compile=False), adapter_dir
-            )
-            merge_lora(network).save_pretrained(model_dir)
-        accelerator.wait_for_everyone()
+        train_set = self.datasets["train"]
+        return Plan(
+            model=model,
+            train_set=train_set,
+            collator=PaddingCollator(
+                self.tokenizer.pad_id, token_labels=config.task == "token-classification"
+            ),
+            max_tokens=max(config.max_tokens, int(train_set.lengths.max())),
+            seed=seed,
+            count=_target_counter(config.task),
+        )
 
-        metrics = final_evaluation(config, model_dir, splits, accelerator, report, best.step)
-        elapsed = time.perf_counter() - started
+    def dataset(self, records: Sequence[SequenceRecord]) -> RecordDataset:
+        """``records`` tokenized, with their labels typed for the task."""
+        return RecordDataset(
+            records, self.tokenizer, max_length=self.max_length, labels=self.label_fn
+        )
+
+    def label_fn(self, record: SequenceRecord, offsets: np.ndarray) -> Any:
+        if self.config.task == "token-classification":
+            return token_targets(self.task, record, offsets)
+        return label_targets(self.task, [record])[0]
+
+    def resolve(self, steps_per_epoch: int) -> TrainingConfig:
+        """Steps from epochs (unless ``max_steps`` is set), warmup from ``warmup_fraction``,
+        ``evals_per_epoch`` evaluations per epoch, a log row at least at each evaluation."""
+        config = self.config
+        max_steps = config.max_steps or max(math.ceil(config.epochs * steps_per_epoch), 1)
+        eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)
+        return dataclasses.replace(
+            self.training,
+            max_steps=max_steps,
+            warmup_steps=round(config.warmup_fraction * max_steps),
+            eval_every=eval_every,
+            log_every=min(self.training.log_every, eval_every),
+        )
+
+    def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {**self.config.to_dict(), "training": dataclasses.asdict(training)}, self.run_info
+
+    def checkpoint_state(self) -> dict[str, Stateful]:
+        return {"selection": self.selection}
+
+    def evaluator(self, run: Run) -> Callable[[], dict[str, float]]:
+        """Validation metrics; a score above the best so far (``select_metric``) saves the
+        model (with LoRA: the adapter, merged at the end) as the selected one."""
+        config, task, accelerator = self.config, self.task, run.accelerator
+        select = config.select_metric or (
+            "auroc" if config.tune_threshold else TASKS[config.task].select_metric
+        )
+        valid_truth = targets_of(config.task, self.datasets["valid"])
+        valid_reverse = (
+            RecordDataset(
+                [reverse_complement_record(record) for record in self.splits["valid"]],
+                self.tokenizer,
+                max_length=self.max_length,
+            )
+            if config.rc_average
+            else None
+        )
+
+        def evaluate() -> dict[str, float]:
+            network = run.network()
+            logits = predict_logits(
+                network,
+                self.datasets["valid"],
+                max_tokens=config.max_tokens,
+                accelerator=accelerator,
+            )
+            flat = (
+                np.concatenate(logits)
+                if config.task == "token-classification"
+                else np.stack(logits)
+            )
+            truth = valid_truth
+            if config.task == "token-classification":
+                keep = truth >= 0
+                flat, truth = flat[keep], truth[keep]
+            scores = task.probabilities(flat)
+            if valid_reverse is not None:
+                reverse = predict_logits(
+                    network, valid_reverse, max_tokens=config.max_tokens, accelerator=accelerator
+                )
+                scores = average_strands(scores, task.probabilities(np.stack(reverse)))
+            result = metrics_from_scores(task, truth, scores, bootstrap=0, seed=0)
+            values = {f"valid_{name}": entry["value"] for name, entry in result["metrics"].items()}
+            values["valid_loss"] = _valid_loss(config.task, truth, flat, network)
+            if select not in result["metrics"]:
+                raise ConfigError(
+                    f"select_metric {select!r} is not one of {sorted(result['metrics'])}"
+                )
+            score = result["metrics"][select]["value"]
+            score = -score if select in ("rmse", "mae") else score
+            score = score if math.isfinite(score) else -math.inf
+            best = self.selection
+            if best.step is None or score > best.score:
+                best.score, best.step = score, run.state.step
+                if accelerator.is_main_process:
+                    if config.lora is None:
+                        network.save_pretrained(self.model_dir)
+                    else:  # merged into model/ at the end
+                        save_adapter(network, self.adapter_dir)
+                accelerator.wait_for_everyone()
+            return values
+
+        return evaluate
+
+    def finish(self, run: Run, outcome: Outcome) -> FinetuneResult:
+        """Merge LoRA adapters, evaluate the selected model (threshold tuning, test split)
+        and write ``metrics.json``; a complete run removes its checkpoints."""
+        accelerator, best_step = run.accelerator, self.selection.step
+        if outcome == "interrupted":
+            elapsed = time.perf_counter() - self.started
+            return FinetuneResult(self.output_dir, self.model_dir, {}, best_step, elapsed, outcome)
+        if accelerator.is_main_process and self.config.lora is not None:
+            # the selected adapters, merged: an ordinary model
+            network = load_adapter_weights(run.network(), self.adapter_dir)
+            merge_lora(network).save_pretrained(self.model_dir)
+        accelerator.wait_for_everyone()
+        metrics = final_evaluation(
+            self.config, self.model_dir, self.splits, accelerator, self.report, best_step
+        )
+        elapsed = time.perf_counter() - self.started
         if accelerator.is_main_process:
             metrics["seconds"] = elapsed
-            write_json(output_dir / "metrics.json", metrics)
-            checkpointer.remove_all()  # the run is complete
+            write_json(self.output_dir / "metrics.json", metrics)
+            run.checkpointer.remove_all()  # the run is complete
         accelerator.wait_for_everyone()
-    finally:
-        accelerator.end_training()
-    return FinetuneResult(output_dir, model_dir, metrics, best.step, elapsed)
+        return FinetuneResult(self.output_dir, self.model_dir, metrics, best_step, elapsed)
+
+    def abandon(self, run: Run) -> None:
+        """A model selected in a run that then diverged, with no checkpoint to resume from,
+        is not a result: remove it."""
+        fresh = run.checkpointer.last_saved_step is None
+        if run.accelerator.is_main_process and fresh and self.selection.step is not None:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
+            shutil.rmtree(self.adapter_dir, ignore_errors=True)
 
 
 def import_base(config: FinetuneConfig, accelerator: Any) -> FinetuneConfig:
@@ -868,12 +617,10 @@ def import_base(config: FinetuneConfig, accelerator: Any) -> FinetuneConfig:
     are converted into ``OUT/imported`` once, by the main process."""
     if config.model_dir is None:
         return config
-    resolved: list[str | None] = [None]
+    resolved = None
     if accelerator.is_main_process:
-        imported = Path(config.output_dir) / "imported"
-        resolved = [str(model_directory(config.model_dir, imported))]
-    broadcast_object_list(resolved)
-    return dataclasses.replace(config, model_dir=resolved[0])
+        resolved = str(model_directory(config.model_dir, Path(config.output_dir) / "imported"))
+    return dataclasses.replace(config, model_dir=broadcast_from_main(resolved))
 
 
 def _target_counter(task: str) -> Any:

@@ -356,6 +356,14 @@ def _class_weights(head: LabelHeadConfig) -> torch.Tensor | None:
     return None if head.class_weights is None else torch.tensor(head.class_weights)
 
 
+def set_class_weights(model: nn.Module, weights: list[float] | None) -> None:
+    """Set the weights of a label head's loss after construction: ``class_weights`` of its
+    head config (saved in ``config.json``, checked as the constructor checks it) and the
+    loss's buffer. Weights computed from the data need no second build of the model."""
+    model.head_config = dataclasses.replace(model.head_config, class_weights=weights)
+    model.class_weights = _class_weights(model.head_config)
+
+
 # ---------------------------------------------------------------------------------------------
 # The four models
 # ---------------------------------------------------------------------------------------------

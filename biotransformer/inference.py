@@ -51,27 +51,6 @@ ENCODE_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes
-# ---------------------------------------------------------------------------------------------
-
-
-def launched_accelerator() -> Any:
-    """The Accelerator of a multi-process launch (``torchrun``, ``accelerate launch``: each
-    rank runs its share and results are gathered), or None for a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from biotransformer.config import TrainingConfig
-    from biotransformer.train import make_accelerator
-
-    return make_accelerator(TrainingConfig())
-
-
-def is_main(accelerator: Any) -> bool:
-    """Whether this process writes the outputs."""
-    return accelerator is None or accelerator.is_main_process
-
-
-# ---------------------------------------------------------------------------------------------
 # Tokenized records
 # ---------------------------------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ from biotransformer.atomic import write_json
 from biotransformer.baselines import kmer_baseline_scores
 from biotransformer.config import check_field_types, run_config_from_dict
 from biotransformer.errors import ConfigError
-from biotransformer.finetune import FinetuneConfig, ReadOptions, finetune, read_labelled
+from biotransformer.finetune import FinetuneConfig, ReadOptions, finetune
+from biotransformer.finetune_data import read_labelled
 from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.metrics import evaluate_predictions

@@ -22,14 +22,10 @@ from safetensors.torch import load_file
 from biotransformer.checkpointing import Checkpointer, latest_checkpoint, verify_checkpoint
 from biotransformer.cli import main
 from biotransformer.config import ModelConfig, TrainingConfig
+from biotransformer.engine import TrainerState, build_optimizer, build_scheduler
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.heads import MaskedLM
-from biotransformer.train import (
-    TrainerState,
-    build_optimizer,
-    build_scheduler,
-    make_accelerator,
-)
+from biotransformer.runtime import make_accelerator
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

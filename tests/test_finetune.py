@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.finetune import (
-    FinetuneConfig,
-    ReadOptions,
-    apply_overrides,
-    finetune,
+from biotransformer.finetune import FinetuneConfig, ReadOptions, apply_overrides, finetune
+from biotransformer.finetune_data import (
     label_vocabulary,
     loss_weights,
     prepare_splits,

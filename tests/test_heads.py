@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import biotransformer as bt
 from biotransformer.errors import ConfigError, ModelDirectoryError
-from biotransformer.heads import POOLINGS, BioTransformerModel, ModelOutput
+from biotransformer.heads import POOLINGS, BioTransformerModel, ModelOutput, set_class_weights
 
 VOCAB = 11
 
@@ -81,6 +81,27 @@ def test_classifier_losses_with_class_weights() -> None:
         out.logits, labels, pos_weight=torch.tensor([3.0, 1.0])
     )
     torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("cls", [bt.SequenceClassifier, bt.TokenClassifier])
+def test_class_weights_set_after_construction_equal_the_constructors(
+    tmp_path: Path, cls: type
+) -> None:
+    ids, mask = batch()
+    labels = torch.tensor([1, 0]) if cls is bt.SequenceClassifier else torch.ones_like(ids)
+    torch.manual_seed(0)
+    given = cls(tiny(), num_labels=2, class_weights=[1.0, 3.0])
+    torch.manual_seed(0)
+    later = cls(tiny(), num_labels=2)
+    set_class_weights(later, [1.0, 3.0])
+    assert later.head_config == given.head_config
+    torch.testing.assert_close(
+        later(ids, mask, labels=labels).loss, given(ids, mask, labels=labels).loss
+    )
+    document = json.loads((later.save_pretrained(tmp_path) / "config.json").read_text())
+    assert document["head"]["class_weights"] == [1.0, 3.0]
+    with pytest.raises(ConfigError, match="class_weights"):
+        set_class_weights(later, [1.0])
 
 
 def test_head_options_are_validated() -> None:

@@ -160,7 +160,7 @@ from biotransformer.config import TrainingConfig
 from biotransformer.heads import load_model
 from biotransformer.inference import embed_records, evaluate_records
 from biotransformer.io import read_sequences
-from biotransformer.train import make_accelerator
+from biotransformer.runtime import make_accelerator
 
 model_dir, data, out = sys.argv[1:4]
 accelerator = make_accelerator(TrainingConfig())

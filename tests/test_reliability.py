@@ -284,7 +284,7 @@ def test_finetune_killed_at_random_moments_resumes_bit_identically(tmp_path, cap
 FINETUNE_AND_DUMP = """
 import sys
 from safetensors.torch import save_file
-from biotransformer import finetune
+from biotransformer import engine
 from biotransformer.cli import main
 
 def train_and_dump(accelerator, model, *args):
@@ -294,7 +294,7 @@ def train_and_dump(accelerator, model, *args):
     save_file(weights, f"{sys.argv[1]}.rank{accelerator.process_index}.safetensors")
     return outcome
 
-train_loop, finetune.train_loop = finetune.train_loop, train_and_dump
+train_loop, engine.train_loop = engine.train_loop, train_and_dump
 sys.exit(main(sys.argv[2:]))
 """
 

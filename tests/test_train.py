@@ -27,10 +27,7 @@ from biotransformer.config import ModelConfig, TrainingConfig, run_config_from_d
 from biotransformer.data.collator import MaskingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.data.shards import ShardDataset
-from biotransformer.errors import ConfigError
-from biotransformer.heads import MaskedLM, load_model
-from biotransformer.tokenizers import Tokenizer
-from biotransformer.train import (
+from biotransformer.engine import (
     BatchStream,
     LoopContext,
     MetricsLog,
@@ -39,10 +36,13 @@ from biotransformer.train import (
     accumulate_gradients,
     build_optimizer,
     build_scheduler,
-    make_accelerator,
-    pretrain,
     train_loop,
 )
+from biotransformer.errors import ConfigError
+from biotransformer.heads import MaskedLM, load_model
+from biotransformer.runtime import make_accelerator
+from biotransformer.tokenizers import Tokenizer
+from biotransformer.train import pretrain
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

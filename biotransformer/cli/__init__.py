@@ -141,11 +141,11 @@ def _debug_traceback() -> None:
 
 
 def _leave_process_group() -> None:
-    """Under torchrun, leave the process group before exiting: a process that exits still
-    holding a gloo group can abort ("terminate called without an active exception")."""
-    distributed = sys.modules.get("torch.distributed")
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.destroy_process_group()
+    """Leave the process group, if a run joined one (only ``runtime`` builds Accelerators:
+    when it was never imported, nothing is to leave and torch stays unimported)."""
+    runtime = sys.modules.get("biotransformer.runtime")
+    if runtime is not None:
+        runtime.leave_process_group()
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
 def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on its device."""
     from biotransformer.heads import load_model
-    from biotransformer.inference import launched_accelerator
+    from biotransformer.runtime import launched_accelerator
 
     accelerator = launched_accelerator()
     model = load_model(args.model, require_tokenizer=True)

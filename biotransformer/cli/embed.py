@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed and write the HDF5 file."""
-    from biotransformer.inference import embed_records, is_main, write_embeddings_h5
+    from biotransformer.inference import embed_records, write_embeddings_h5
+    from biotransformer.runtime import is_main
 
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     accelerator, model = load_launched_model(args)

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.report_dir is None:
         return evaluate(args, None)
-    from biotransformer.inference import launched_accelerator
+    from biotransformer.runtime import launched_accelerator
 
     with claim_run_directory(
         args.report_dir,
@@ -116,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     """Evaluate and write or print the metrics."""
-    from biotransformer.finetune import ReadOptions, read_labelled
-    from biotransformer.inference import evaluate_records, is_main, write_predictions_tsv
+    from biotransformer.finetune import ReadOptions
+    from biotransformer.finetune_data import read_labelled
+    from biotransformer.inference import evaluate_records, write_predictions_tsv
     from biotransformer.report import write_report
+    from biotransformer.runtime import is_main
 
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)

@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict and write the TSV."""
-    from biotransformer.inference import is_main, predict_records, write_predictions_tsv
+    from biotransformer.inference import predict_records, write_predictions_tsv
+    from biotransformer.runtime import is_main
 
     check_output_file(
         args.out, inputs=[args.input, args.model], overwrite=args.overwrite, allow_stdout=True
