@@ -256,5 +256,6 @@ def test_score_variants_command(tmp_path, capsys):
     assert rows[0] == ["id", "record", "mutations", "masked_marginal", "wt_marginal"]
     assert [row[2] for row in rows[1:]] == ["A4G", "A4G:R10K"]
     (tmp_path / "v.tsv").write_text("id\tmutation\nv1\tC4G\n")
-    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 2  # an existing --out needs --overwrite (issue 19)
     assert "reference mismatch at position 4" in capsys.readouterr().err
+    assert [row[2] for row in csv.reader(out.open(), delimiter="\t")][1:] == ["A4G", "A4G:R10K"]
