@@ -23,7 +23,7 @@ from torch import nn
 
 from biotransformer import __version__
 from biotransformer.atomic import atomic_directory, json_text, restore_interrupted_directory
-from biotransformer.config import ModelConfig, check_value
+from biotransformer.config import CLASSIFIERS, POOLINGS, ModelConfig, check_values
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
 
@@ -37,9 +37,7 @@ TASK_FILE = "task.json"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TASK_FILE)
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
-POOLINGS = ("cls", "mean", "max", "attention")
 PROBLEM_TYPES = ("single_label", "multi_label")
-CLASSIFIERS = ("linear", "esm")
 
 
 @dataclass
@@ -74,9 +72,7 @@ class HeadConfig:
         for key in values:
             if key not in known:
                 raise ConfigError(f"unknown {cls.__name__} option {key!r}; options: {known}")
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if field.name in values:
-                check_value(f"head.{field.name}", values[field.name], str(field.type))
+        check_values(cls, values, "head.")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

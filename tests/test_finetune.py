@@ -7,11 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from biotransformer.config import FinetuneConfig, ReadOptions, apply_overrides
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.finetune import (
-    FinetuneConfig,
-    ReadOptions,
-    apply_overrides,
     finetune,
     label_vocabulary,
     loss_weights,
@@ -54,7 +52,7 @@ def test_unknown_override_keys_are_config_errors(tmp_path, override, message):
 
 
 def test_config_validation(tmp_path):
-    with pytest.raises(ConfigError, match="task 'clasification'"):
+    with pytest.raises(ConfigError, match="task = 'clasification' is not one of"):
         config(tmp_path, task="clasification").validate()
     with pytest.raises(ConfigError, match="not both"):
         config(tmp_path, model_dir="m", preset="tiny").validate()

@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     """Evaluate and write or print the metrics."""
-    from biotransformer.finetune import ReadOptions, read_labelled
+    from biotransformer.config import ReadOptions
+    from biotransformer.finetune import read_labelled
     from biotransformer.inference import evaluate_records, is_main, write_predictions_tsv
     from biotransformer.report import write_report
 
