@@ -1097,19 +1097,19 @@ def _required(item: dataclasses.Field) -> bool:
 
 
 def _unknown(cls: type, key: str, value: Any, prefix: str) -> str:
-    """The message for an unknown key: the closest sibling, else the same name in a section,
+    """The message for an unknown key: the same name in a section, else the closest sibling,
     else the valid keys."""
     known = list(_fields(cls))
-    sections = [name for name, hint in field_types(cls).items() if dataclasses.is_dataclass(hint)]
     if isinstance(value, Mapping) and not prefix:
         return f"unknown section {key!r}{_suggest(key, known)}"
-    close = _did_you_mean(key, known)
-    if not close:
-        nested = [
-            f"{section}.{key}" for section in sections if key in _fields(field_types(cls)[section])
-        ]
-        close = f" (did you mean {nested[0]!r}?)" if nested else ""
-    return f"unknown key {prefix}{key}{close or _suggest(key, known)}"
+    hints = field_types(cls)
+    nested = [
+        f"{name}.{key}"
+        for name, hint in hints.items()
+        if dataclasses.is_dataclass(hint) and key in _fields(hint)
+    ]
+    close = f" (did you mean {nested[0]!r}?)" if nested else _suggest(key, known)
+    return f"unknown key {prefix}{key}{close}"
 
 
 def _model_keys(values: Any, name: str, extra: Sequence[str]) -> dict[str, Any]:
