@@ -192,7 +192,7 @@ def _build(cls: type[T], values: Any, prefix: str, base: T | None) -> T:
         item, hint, name = fields[key], hints[key], f"{prefix}{key}"
         if dataclasses.is_dataclass(hint):
             section = getattr(base, key) if base is not None else _default(item)
-            kwargs[key] = _build(hint, value, f"{name}.", section)
+            kwargs[key] = _build(hint, {} if value is None else value, f"{name}.", section)
         elif "model_keys" in item.metadata:
             start = getattr(base, key) if base is not None else _default(item)
             kwargs[key] = {**start, **_model_keys(value, name, item.metadata["model_keys"])}
