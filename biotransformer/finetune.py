@@ -24,13 +24,12 @@ test split once, at the end, with that model. The output directory::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,15 +40,7 @@ from accelerate.utils import set_seed
 from biotransformer import engine
 from biotransformer.atomic import write_json
 from biotransformer.checkpointing import Stateful
-from biotransformer.config import (
-    ModelConfig,
-    TrainingConfig,
-    _coerce_float,
-    _suggest,
-    check_field_types,
-    check_model_overrides,
-    parse_override_value,
-)
+from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.data.collator import PaddingCollator
 from biotransformer.engine import Outcome, Plan, Run, count_targets
 from biotransformer.errors import ConfigError
@@ -61,7 +52,7 @@ from biotransformer.finetune_data import (
     read_labelled,
     targets_of,
 )
-from biotransformer.heads import CLASSIFIERS, MODEL_CLASSES, load_model, set_class_weights
+from biotransformer.heads import MODEL_CLASSES, load_model, set_class_weights
 from biotransformer.inference import (
     RecordDataset,
     evaluate_records,
@@ -90,180 +81,10 @@ from biotransformer.strands import (
     reverse_complement_record,
     strand_augmented,
 )
-from biotransformer.tasks import FINETUNE_TASKS, TASKS, TaskInfo
+from biotransformer.tasks import TASKS, TaskInfo
 from biotransformer.tokenizers import Tokenizer
 
 DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
-
-
-@dataclass
-class ReadOptions:
-    """How to read records and labels; the options of ``io.read_sequences``, plus
-    ``group_column``: a column (CSV/TSV) or a ``label_from`` spec (FASTA) whose value keeps
-    related records in one split."""
-
-    sequence_column: str | int = "sequence"
-    label_column: str | int | None = "label"
-    id_column: str | int | None = None
-    label_from: str | None = None
-    labels_file: str | None = None
-    group_column: str | int | None = None
-    duplicate_ids: str = "error"
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything one fine-tuning run needs. ``training`` is the shared ``TrainingConfig``;
-    its ``max_steps`` is derived from ``epochs`` unless ``max_steps`` is set here, and its
-    ``output_dir`` is ``output_dir``. ``model`` holds ModelConfig overrides for a preset.
-    The model is evaluated on validation ``evals_per_epoch`` times per epoch (or per run, when
-    the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept
-    (default: MCC, R^2 for regression, AUROC with ``tune_threshold``, whose threshold is tuned
-    after selection).
-    ``classifier`` (classification, multilabel): ``linear`` or ``esm`` (HF's
-    dense-tanh-linear head; with ``pooling='cls'`` the model exports to HuggingFace); None
-    keeps a warm-started classifier's own head and gives a new one ``linear``.
-    ``rc_augment`` (DNA only) serves each training sample reverse-complemented with that
-    probability, drawn from (seed, epoch, index) (see ``strands``). ``rc_average`` (DNA,
-    sequence-level tasks) scores validation, test and later predictions as the mean over both
-    strands; the head stores it (``config.json``) as the model's default.
-    ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
-    ``output_dir/imported``. ``lora`` (``r=8,alpha=16``, see ``LoraSettings.parse``) trains
-    LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
-    into ``output_dir/model``.
-    ``resume`` (``latest`` or a checkpoint folder) continues a run from its checkpoints
-    (``training.save_every``, ``training.keep_last``); they are removed when the run ends.
-    ``overwrite`` replaces an earlier run in ``output_dir`` (only the files it recorded as
-    written; see ``outputs``): without it, a finished run there is refused."""
-
-    train: str
-    output_dir: str
-    task: str = "classification"
-    valid: str | None = None
-    test: str | None = None
-    model_dir: str | None = None
-    preset: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str | None = None
-    read: ReadOptions = field(default_factory=ReadOptions)
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    epochs: float = 3.0
-    max_steps: int | None = None
-    warmup_fraction: float = 0.06
-    max_tokens: int = 8192
-    max_length: int | None = None
-    pooling: str = "mean"
-    classifier: str | None = None
-    freeze_encoder: bool = False
-    lora: str | None = None
-    class_weights: str | None = None
-    pos_weight: float | str | None = None
-    tune_threshold: bool = False
-    select_metric: str | None = None
-    evals_per_epoch: int = 1
-    rc_augment: float = 0.0
-    rc_average: bool = False
-    bootstrap: int = 1000
-    plots: bool = True
-    resume: str | None = None
-    overwrite: bool = False
-    training: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(lr=3e-4, schedule="linear", min_lr_ratio=0.0)
-    )
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` naming the first bad value."""
-        check_field_types(self, "")
-        check_model_overrides(self.model)
-        if self.task not in FINETUNE_TASKS:
-            raise ConfigError(f"task {self.task!r} is not one of {list(FINETUNE_TASKS)}")
-        if self.model_dir is not None and (self.preset is not None or self.model):
-            raise ConfigError(
-                "give --model DIR (warm start) or --preset/model.* overrides, not both"
-            )
-        if self.epochs <= 0 and self.max_steps is None:
-            raise ConfigError(f"epochs = {self.epochs} must be > 0 (--epochs)")
-        for name, flag in (("max_tokens", "--max-tokens"), ("max_length", "--max-length")):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} = {value} must be >= 1 ({flag})")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps = {self.max_steps} must be >= 1 (or null: from epochs)")
-        if self.bootstrap < 0:
-            raise ConfigError(f"bootstrap = {self.bootstrap} must be >= 0 (--bootstrap)")
-        if not isinstance(self.pos_weight, (str, type(None))) and self.pos_weight <= 0:
-            raise ConfigError(f"pos_weight = {self.pos_weight} must be > 0 (--pos-weight)")
-        if self.class_weights not in (None, "balanced"):
-            raise ConfigError(f"class_weights {self.class_weights!r}: only 'balanced' is known")
-        if isinstance(self.pos_weight, str) and self.pos_weight != "balanced":
-            raise ConfigError(f"pos_weight {self.pos_weight!r}: give a number or 'balanced'")
-        if self.classifier is not None:
-            if self.classifier not in CLASSIFIERS:
-                raise ConfigError(
-                    f"classifier {self.classifier!r} is not one of {list(CLASSIFIERS)}"
-                )
-            if not TASKS[self.task].classes:
-                raise ConfigError("classifier applies to classification and multilabel")
-        if self.pos_weight is not None and not TASKS[self.task].classes:
-            raise ConfigError("pos_weight applies to binary classification and multilabel")
-        if self.tune_threshold and not TASKS[self.task].classes:
-            raise ConfigError("tune_threshold applies to binary classification and multilabel")
-        for name in ("valid_fraction", "test_fraction", "warmup_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} = {getattr(self, name)} must be in [0, 1)")
-        if not 0.0 <= self.rc_augment <= 1.0:
-            raise ConfigError(f"rc_augment = {self.rc_augment} must be in [0, 1]")
-        if self.rc_average and self.task == "token-classification":
-            raise ConfigError(
-                "rc_average applies to sequence-level tasks; per-base labels are "
-                "strand-specific: drop --rc-average"
-            )
-        if self.evals_per_epoch < 1:
-            raise ConfigError(f"evals_per_epoch = {self.evals_per_epoch} must be >= 1")
-        if self.lora is not None:
-            if self.freeze_encoder:
-                raise ConfigError("give --lora or --freeze-encoder, not both")
-            LoraSettings.parse(self.lora)
-        self.training.validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A YAML-ready dict of every value."""
-        return dataclasses.asdict(self)
-
-
-def apply_overrides(config: FinetuneConfig, overrides: Sequence[str]) -> FinetuneConfig:
-    """Apply ``key=value`` overrides (values parsed as YAML): ``training.KEY`` and
-    ``read.KEY`` set those sections, ``model.KEY`` a ModelConfig field of a new model, a bare
-    ``KEY`` a FinetuneConfig field. Unknown keys are errors naming the closest one."""
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {override!r} is not of the form key=value")
-        value = parse_override_value(override, raw)
-        section, _, name = key.strip().rpartition(".")
-        if section == "model":
-            known = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
-            if name not in known:
-                raise ConfigError(f"unknown key model.{name}{_suggest(name, known)}")
-            config.model[name] = _coerce_float(value, ModelConfig, name)
-            continue
-        target = {"": config, "training": config.training, "read": config.read}.get(section)
-        if target is None:
-            raise ConfigError(
-                f"override {override!r}: unknown section {section!r}; use training.KEY, "
-                "read.KEY, model.KEY or a fine-tuning key"
-            )
-        known = [f.name for f in dataclasses.fields(target) if f.name not in ("training", "read")]
-        if name not in known:
-            where = f"{section}.{name}" if section else name
-            raise ConfigError(f"unknown key {where}{_suggest(name, known)}")
-        annotation = str(next(f.type for f in dataclasses.fields(target) if f.name == name))
-        if "float" in annotation and isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        setattr(target, name, value)
-    return config
 
 
 # ---------------------------------------------------------------------------------------------

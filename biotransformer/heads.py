@@ -32,7 +32,7 @@ from biotransformer.atomic import (
     safetensors_os_errors,
     write_json,
 )
-from biotransformer.config import ModelConfig, check_value
+from biotransformer.config import CLASSIFIERS, POOLINGS, ModelConfig, check_values
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
 from biotransformer.tasks import TaskInfo, read_task_file, threshold_problem
@@ -47,9 +47,7 @@ TASK_FILE = "task.json"  # the decision fields of directories written before con
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TASK_FILE)
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
-POOLINGS = ("cls", "mean", "max", "attention")
 PROBLEM_TYPES = ("single_label", "multi_label")
-CLASSIFIERS = ("linear", "esm")
 
 
 @dataclass
@@ -84,9 +82,7 @@ class HeadConfig:
         for key in values:
             if key not in known:
                 raise ConfigError(f"unknown {cls.__name__} option {key!r}; options: {known}")
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if field.name in values:
-                check_value(f"head.{field.name}", values[field.name], str(field.type))
+        check_values(cls, values, "head.")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ import numpy as np
 from biotransformer import plots, synthetic
 from biotransformer.atomic import write_json
 from biotransformer.baselines import kmer_baseline_scores
-from biotransformer.config import check_field_types, run_config_from_dict
+from biotransformer.config import FinetuneConfig, QuickstartConfig, run_config_from_dict
 from biotransformer.errors import ConfigError
-from biotransformer.finetune import FinetuneConfig, ReadOptions, finetune
+from biotransformer.finetune import finetune
 from biotransformer.finetune_data import read_labelled
 from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
@@ -49,48 +49,11 @@ from biotransformer.splits import split_records
 from biotransformer.tasks import TaskInfo
 from biotransformer.train import pretrain
 
-MODEL = {
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "ffn_size": 128,
-    "position": "rotary",
-    "dropout": 0.0,
-}
 MAX_TOKENS = 4096
 PRETRAIN_LR = 2e-3
 FINETUNE_LR = 1e-3
 SPLIT_FRACTIONS = {"valid": 0.1, "test": 0.1}
 KMER_RANGE = (3, 6)
-
-
-@dataclass
-class QuickstartConfig:
-    """What one quickstart run does. ``data`` is a labelled FASTA/CSV/TSV of the user's
-    (read with ``read``) instead of the synthetic task; ``model`` the tiny encoder's
-    ModelConfig fields; ``overwrite`` replaces a previous quickstart run in ``output_dir``."""
-
-    output_dir: str = "quickstart-run"
-    seed: int = 0
-    data: str | None = None
-    read: ReadOptions = field(default_factory=ReadOptions)
-    pretrain_steps: int = 200
-    finetune_epochs: float = 1.5
-    bootstrap: int = 1000
-    model: dict[str, Any] = field(default_factory=lambda: dict(MODEL))
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` naming the first bad value."""
-        check_field_types(self, "")
-        if self.seed < 0:
-            raise ConfigError(f"seed = {self.seed} must be >= 0")
-        if self.pretrain_steps < 1:
-            raise ConfigError(f"pretrain_steps = {self.pretrain_steps} must be >= 1")
-        if self.finetune_epochs <= 0:
-            raise ConfigError(f"finetune_epochs = {self.finetune_epochs} must be > 0")
-        if self.bootstrap < 0:
-            raise ConfigError(f"bootstrap = {self.bootstrap} must be >= 0")
 
 
 @dataclass

@@ -288,7 +288,7 @@ def test_a_malformed_override_is_one_line_naming_it(
 
 
 def test_a_malformed_finetune_override_names_it(tmp_path: Path) -> None:
-    from biotransformer.finetune import FinetuneConfig, apply_overrides
+    from biotransformer.config import FinetuneConfig, apply_overrides
 
     config = FinetuneConfig(train="t.csv", output_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"override 'training.lr=\[1,'.*not valid YAML"):
@@ -313,7 +313,7 @@ def test_a_malformed_finetune_override_names_it(tmp_path: Path) -> None:
 def test_finetune_config_values_outside_their_domain_are_named(
     changes: dict, named: str, tmp_path: Path
 ) -> None:
-    from biotransformer.finetune import FinetuneConfig
+    from biotransformer.config import FinetuneConfig
 
     config = FinetuneConfig(train="t.csv", output_dir=str(tmp_path), **changes)
     with pytest.raises(ConfigError, match=named):
@@ -322,16 +322,15 @@ def test_finetune_config_values_outside_their_domain_are_named(
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
 def test_finetune_rate_override_must_be_finite_and_positive(value: str, tmp_path: Path) -> None:
-    from biotransformer.finetune import FinetuneConfig, apply_overrides
+    from biotransformer.config import FinetuneConfig, apply_overrides
 
     config = FinetuneConfig(train="t.csv", output_dir=str(tmp_path))
-    apply_overrides(config, [f"training.lr={value}"])
     with pytest.raises(ConfigError, match=r"training\.lr"):
-        config.validate()
+        apply_overrides(config, [f"training.lr={value}"])
 
 
 def test_quickstart_config_checks_types_and_seed(tmp_path: Path) -> None:
-    from biotransformer.quickstart import QuickstartConfig
+    from biotransformer.config import QuickstartConfig
 
     with pytest.raises(ConfigError, match="seed"):
         QuickstartConfig(output_dir=str(tmp_path), seed=-1).validate()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from biotransformer.config import FinetuneConfig, ReadOptions, apply_overrides, load_config
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.finetune import FinetuneConfig, ReadOptions, apply_overrides, finetune
+from biotransformer.finetune import finetune
 from biotransformer.finetune_data import (
     label_vocabulary,
     loss_weights,
@@ -51,7 +53,7 @@ def test_unknown_override_keys_are_config_errors(tmp_path, override, message):
 
 
 def test_config_validation(tmp_path):
-    with pytest.raises(ConfigError, match="task 'clasification'"):
+    with pytest.raises(ConfigError, match="task = 'clasification' is not one of"):
         config(tmp_path, task="clasification").validate()
     with pytest.raises(ConfigError, match="not both"):
         config(tmp_path, model_dir="m", preset="tiny").validate()
@@ -144,3 +146,12 @@ def test_tiny_multilabel_run_from_fasta_headers(tmp_path):
     assert head["threshold"] == metrics["threshold"]
     assert load_model(result.model_dir).task.threshold == metrics["threshold"]
     assert load_model(result.model_dir).head_config.problem_type == "multi_label"
+    # config.yaml holds the values as they ran (steps from epochs) and loads back
+    ran = load_config(FinetuneConfig, tmp_path / "out" / "config.yaml")
+    logged = [
+        json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()
+    ]
+    assert ran.training.max_steps == max(row["step"] for row in logged)
+    assert ran.training.warmup_steps == round(cfg.warmup_fraction * ran.training.max_steps)
+    assert ran.training.output_dir == cfg.output_dir
+    assert dataclasses.replace(ran, training=cfg.training) == cfg

@@ -14,7 +14,8 @@ from test_report import assert_table_equals_metrics, parse_report
 
 from biotransformer import synthetic
 from biotransformer.cli import build_parser
-from biotransformer.quickstart import REPORT_IMAGES, REPORT_SECTIONS, QuickstartConfig
+from biotransformer.config import QuickstartConfig
+from biotransformer.quickstart import REPORT_IMAGES, REPORT_SECTIONS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -86,7 +86,7 @@ def test_unknown_keys_suggest_the_closest_valid_key(values, message):
         ("data.max_length=100", "exceeds the model's max_length = 64"),
         ("model.position=absolute", "position"),
         ("training.max_steps", "section.key=value"),
-        ("lr=1e-3", "section.key=value"),
+        ("lr=1e-3", r"unknown key lr \(did you mean 'training\.lr'\?\)"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, override, message):

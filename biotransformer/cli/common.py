@@ -8,44 +8,26 @@ with the model's alphabet (embed, predict). Each flag keeps one name, default an
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-# Value types of numeric flags: each checks its domain, so argparse names the flag, prints the
-# allowed range and exits with status 2 (no traceback) before any work starts.
+from biotransformer.cli.flags import add_config_flags
+from biotransformer.config import (
+    ReadOptions,
+    any_int,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+    probability,
+)
 
-
-def _number(value: str, kind: type, what: str) -> Any:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
-    if kind is float and not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not {what}: give a finite number")
-    return number
-
-
-def _bounded(kind: type, what: str, ok: Callable[[Any], bool]) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        number = _number(value, kind, what)
-        if not ok(number):
-            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
-        return number
-
-    parse.__name__ = what  # argparse names the type in "invalid <name> value" messages
-    return parse
-
-
-positive_int = _bounded(int, "an integer >= 1", lambda n: n >= 1)
-non_negative_int = _bounded(int, "an integer >= 0", lambda n: n >= 0)
-any_int = _bounded(int, "an integer", lambda n: True)
-positive_float = _bounded(float, "a finite number > 0", lambda x: x > 0)
-non_negative_float = _bounded(float, "a finite number >= 0", lambda x: x >= 0)
-probability = _bounded(float, "a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)
-fraction = _bounded(float, "a number in [0, 1)", lambda x: 0.0 <= x < 1.0)
-open_fraction = _bounded(float, "a number in (0, 1)", lambda x: 0.0 < x < 1.0)
+# Value types of numeric flags (``config.Domain``, the same checks as config keys): each checks
+# its domain, so argparse names the flag, prints the allowed range and exits with status 2 (no
+# traceback) before any work starts.
 
 #: Every value type a numeric flag may use; a test checks that each numeric flag uses one.
 NUMERIC_TYPES = (
@@ -60,38 +42,22 @@ NUMERIC_TYPES = (
 )
 
 
-def column(value: str) -> str | int:
-    """A column name, or a 0-based position when the value is a number."""
-    return int(value) if value.isdigit() else value
-
-
 def add_duplicate_ids_option(parser: argparse._ActionsContainer) -> None:
     """``--duplicate-ids``: what reading does with a record id seen before."""
-    from biotransformer.io import DUPLICATE_ID_POLICIES
-
-    parser.add_argument(
-        "--duplicate-ids",
-        choices=DUPLICATE_ID_POLICIES,
-        default="error",
-        help="a record id seen twice: error (default), warn (keep both, say so) or allow",
-    )
+    add_config_flags(parser, ReadOptions, {"--duplicate-ids": "duplicate_ids"})
 
 
 def add_column_options(parser: argparse.ArgumentParser) -> None:
     """``--sequence-column``, ``--id-column`` and ``--duplicate-ids`` of an unlabelled input."""
-    parser.add_argument(
-        "--sequence-column",
-        type=column,
-        default="sequence",
-        help="CSV/TSV column of the sequences: name or 0-based position (default: sequence)",
+    add_config_flags(
+        parser,
+        ReadOptions,
+        {
+            "--sequence-column": "sequence_column",
+            "--id-column": "id_column",
+            "--duplicate-ids": "duplicate_ids",
+        },
     )
-    parser.add_argument(
-        "--id-column",
-        type=column,
-        default=None,
-        help="CSV/TSV column of the ids (default: FILE:LINE)",
-    )
-    add_duplicate_ids_option(parser)
 
 
 def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     """Evaluate and write or print the metrics."""
-    from biotransformer.finetune import ReadOptions
+    from biotransformer.config import ReadOptions
     from biotransformer.finetune_data import read_labelled
     from biotransformer.inference import evaluate_records, write_predictions_tsv
     from biotransformer.report import write_report

@@ -8,8 +8,8 @@ from biotransformer.cli.common import (
     add_duplicate_ids_option,
     add_max_tokens_option,
     any_int,
-    column,
 )
+from biotransformer.config import column
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 

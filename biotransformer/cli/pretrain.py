@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from biotransformer.cli.flags import add_config_flags, config_from_args
+from biotransformer.config import RunConfig
 from biotransformer.errors import ConfigError
 from biotransformer.outputs import add_overwrite_option
 
+# Each flag of ``pretrain`` and the RunConfig key it sets.
+FLAGS = {"--output-dir": "training.output_dir"}
 RECIPE_DIRS = (
     Path.cwd() / "recipes" / "configs",
     Path(__file__).resolve().parents[2] / "recipes" / "configs",
@@ -54,11 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from a checkpoint folder, or from the newest one in the run's "
         "checkpoints/ ('latest', the default when the flag has no value)",
     )
-    parser.add_argument(
-        "--output-dir",
-        default=None,
-        help="where the run writes its files (shorthand for training.output_dir=...)",
-    )
+    add_config_flags(parser, RunConfig, FLAGS)
     add_overwrite_option(parser, "training.output_dir")
     parser.set_defaults(handler=run)
 
@@ -81,13 +81,10 @@ def resolve_config_path(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, apply overrides, pretrain; 130 when stopped by a signal."""
-    from biotransformer.config import load_run_config
     from biotransformer.train import pretrain
 
-    overrides = list(args.overrides)
-    if args.output_dir is not None:
-        overrides.append(f"training.output_dir={args.output_dir}")
-    config = load_run_config(resolve_config_path(args.config), overrides)
+    path = resolve_config_path(args.config)
+    config = config_from_args(RunConfig, args, FLAGS, path=path, overrides=args.overrides)
     result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
     if result.outcome == "interrupted":
         return 130
