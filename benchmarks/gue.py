@@ -139,7 +139,8 @@ def finetune_run(
 ) -> dict:
     """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test and
     validation MCC and AUROC, and seconds. A pretrained model keeps its own tokenizer."""
-    from biotransformer.finetune import FinetuneConfig, finetune
+    from biotransformer.config import FinetuneConfig
+    from biotransformer.finetune import finetune
 
     config = FinetuneConfig(
         train=str(train),

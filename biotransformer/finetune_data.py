@@ -22,7 +22,7 @@ from biotransformer.splits import deduplicate, leakage_report, split_records
 from biotransformer.tasks import TASKS
 
 if TYPE_CHECKING:
-    from biotransformer.finetune import FinetuneConfig, ReadOptions
+    from biotransformer.config import FinetuneConfig, ReadOptions
 
 
 def read_labelled(

@@ -466,11 +466,11 @@ def test_config_json_model_and_head_values_are_typed(
 @pytest.mark.parametrize(
     ("key", "value", "says"),
     [
-        ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
+        ("threshold", "high", "head.threshold = 'high' has type str, expected float"),
         ("threshold", 5, "threshold = 5 must be a number in [0, 1]"),
         ("threshold", float("nan"), "head.threshold = nan must be a finite number"),
         ("threshold", [0.5, 0.5], "threshold = [0.5, 0.5] must be a number"),
-        ("threshold", True, "threshold = True must be a number"),
+        ("threshold", True, "head.threshold = True has type bool, expected float"),
         ("rc_average", "yes", "head.rc_average = 'yes' has type str, expected bool"),
         ("rc_average", 1, "head.rc_average = 1 has type int, expected bool"),
     ],
@@ -498,11 +498,11 @@ def test_config_json_head_decision_fields_are_checked(
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
+        ("threshold", "high", "head.threshold = 'high' has type str, expected float"),
         ("threshold", 5, "threshold = 5 must be a number in [0, 1]"),
         ("threshold", float("nan"), "threshold = nan must be a number in [0, 1]"),
         ("threshold", [0.5, 0.5], "threshold = [0.5, 0.5] must be a number"),
-        ("threshold", True, "threshold = True must be a number"),
+        ("threshold", True, "head.threshold = True has type bool, expected float"),
         ("rc_average", "yes", "rc_average = 'yes' must be true or false"),
         ("rc_average", 1, "rc_average = 1 must be true or false"),
         ("labels", ["a", "b"], "labels = ['a', 'b'], but the model's are ['0', '1']"),

@@ -27,8 +27,9 @@ from test_train import SUBPROCESS_ENV, cli, model_weights, read_log, run_values,
 from biotransformer import finetune as finetune_module
 from biotransformer.checkpointing import latest_checkpoint
 from biotransformer.cli import main
+from biotransformer.config import FinetuneConfig, ReadOptions
 from biotransformer.data.sampler import TokenBudgetBatchSampler
-from biotransformer.finetune import FinetuneConfig, FinetuneResult, ReadOptions
+from biotransformer.finetune import FinetuneResult
 from biotransformer.heads import load_model
 from biotransformer.inference import predict_logits
 

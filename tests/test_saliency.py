@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from biotransformer.cli import main
-from biotransformer.config import ModelConfig, TrainingConfig
+from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.finetune import FinetuneConfig, finetune
+from biotransformer.finetune import finetune
 from biotransformer.heads import SequenceClassifier, SequenceRegressor, load_model
 from biotransformer.inference import predict_records
 from biotransformer.io import SequenceRecord

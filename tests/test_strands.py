@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from biotransformer.config import ModelConfig, TrainingConfig
+from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.errors import ConfigError
-from biotransformer.finetune import FinetuneConfig, finetune
+from biotransformer.finetune import finetune
 from biotransformer.heads import SequenceClassifier, load_model
 from biotransformer.inference import RecordDataset, predict_records
 from biotransformer.io import SequenceRecord, read_sequences
