@@ -79,7 +79,6 @@ from biotransformer.lora import (
 from biotransformer.memory import preflight
 from biotransformer.metrics import tune_threshold
 from biotransformer.outputs import claim_run_directory, holds_files
-from biotransformer.report import write_report
 from biotransformer.splits import deduplicate, leakage_report, split_records
 from biotransformer.strands import (
     average_strands,
@@ -103,6 +102,7 @@ from biotransformer.train import (
     restore_checkpoint,
     train_loop,
 )
+from biotransformer.visualize import write_run_report
 
 TASKS = ("classification", "multilabel", "regression", "token-classification")
 CLASS_TASKS = ("classification", "multilabel")  # the tasks whose labels are classes
@@ -970,7 +970,7 @@ def final_evaluation(
         last_split, last_predictions = name, predictions
     if config.plots and accelerator.is_main_process:
         sections = {name: metrics[name] for name in ("valid", "test") if name in metrics}
-        write_report(
+        write_run_report(
             output_dir,
             task,
             splits[last_split],

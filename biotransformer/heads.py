@@ -24,6 +24,7 @@ from torch import nn
 from biotransformer import __version__
 from biotransformer.atomic import atomic_directory, json_text, restore_interrupted_directory
 from biotransformer.config import ModelConfig, check_value
+from biotransformer.constants import IGNORE_INDEX
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
 
@@ -36,7 +37,6 @@ TASK_FILE = "task.json"
 # Everything a model directory holds: an existing one is replaced only if it holds these alone.
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TASK_FILE)
 FORMAT_VERSION = 1
-IGNORE_INDEX = -100
 POOLINGS = ("cls", "mean", "max", "attention")
 PROBLEM_TYPES = ("single_label", "multi_label")
 CLASSIFIERS = ("linear", "esm")

@@ -43,9 +43,10 @@ from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.outputs import RunDirectory, claim_run_directory
-from biotransformer.report import metrics_table, plot_attention_of, plot_embeddings_of
+from biotransformer.report import metrics_table
 from biotransformer.splits import split_records
 from biotransformer.train import pretrain
+from biotransformer.visualize import plot_attention_of, plot_embeddings_of
 
 MODEL = {
     "hidden_size": 64,

@@ -59,6 +59,7 @@ from biotransformer.config import (
     TrainingConfig,
     check_mixed_precision_device,
 )
+from biotransformer.constants import IGNORE_INDEX
 from biotransformer.data.collator import MaskingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.data.shards import ShardDataset, prepare_corpus
@@ -69,7 +70,6 @@ from biotransformer.memory import preflight
 from biotransformer.outputs import claim_run_directory, holds_files
 from biotransformer.tokenizers import Tokenizer, canonical_spec, parse_spec
 
-IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 
 

@@ -118,7 +118,7 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     """Evaluate and write or print the metrics."""
     from biotransformer.finetune import ReadOptions, read_labelled
     from biotransformer.inference import evaluate_records, is_main, write_predictions_tsv
-    from biotransformer.report import write_report
+    from biotransformer.visualize import write_run_report
 
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
@@ -162,5 +162,5 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     if predictions is not None and args.predictions_out:
         write_predictions_tsv(predictions, args.predictions_out)
     if report_dir is not None:
-        write_report(report_dir, task, records, predictions, {"data": metrics})
+        write_run_report(report_dir, task, records, predictions, {"data": metrics})
     return 0

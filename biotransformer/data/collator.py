@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from biotransformer.constants import IGNORE_INDEX
 from biotransformer.errors import ConfigError
-
-IGNORE_INDEX = -100
 
 
 def _pad(rows: Sequence[np.ndarray], value: int) -> tuple[np.ndarray, np.ndarray]:
