@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from biotransformer.config import ModelConfig, check_value
 from biotransformer.constants import IGNORE_INDEX
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
+
+if TYPE_CHECKING:
+    from biotransformer.tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ class BioTransformerModel(nn.Module):
         self.head_config = head
         self.encoder = Encoder(config)
         self.tied_weight_keys: tuple[str, ...] = ()
-        self.tokenizer: Any = None
+        self.tokenizer: Tokenizer | None = None
         self.loading_info: dict[str, list[str]] | None = None
 
     @classmethod
@@ -241,7 +244,9 @@ class BioTransformerModel(nn.Module):
         config = self.config
         return 6 * self.num_parameters() + 12 * config.num_layers * seq_len * config.hidden_size
 
-    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Any = None) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None
+    ) -> Path:
         """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json`` when a tokenizer
         is given) into ``directory`` atomically, replacing an earlier model directory there
         (one that holds nothing but model files: anything else is refused)."""
@@ -583,7 +588,7 @@ def load_model(
     return model.eval()
 
 
-def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+def tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
     """What ``config.json`` records of the tokenizer a model was saved with (``tokenizer``)."""
     return {
         "spec": tokenizer.spec,
@@ -593,7 +598,7 @@ def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
 
 
 def _check_tokenizer_matches(
-    tokenizer: Any, document: dict[str, Any], config: ModelConfig, path: Path
+    tokenizer: Tokenizer, document: dict[str, Any], config: ModelConfig, path: Path
 ) -> None:
     """Refuse a ``tokenizer.json`` other than the one the model was saved with: against the
     record in ``config.json`` when there is one; directories saved before it existed are
