@@ -62,8 +62,10 @@ PROTEIN_MIN_LENGTH_FOR_DNA_CHECK = 50
 _HEAD_BYTES = 65536
 READ_BYTES = 1 << 22  # the streaming FASTA reader reads (and decompresses) this much at a time
 _FASTA_WHITESPACE = b" \t\r\n"
-_FASTA_ALLOWED = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1))
-_FASTA_ALLOWED += b"*.-" + _FASTA_WHITESPACE
+# Sequence bytes through ``translate``: a residue letter, '*', '-' or '.' stays itself, any other
+# byte becomes NUL (found by a fast ``in``), in the same pass that drops whitespace.
+_RESIDUE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*.-")
+_CHECKED = bytes(byte if byte in _RESIDUE_BYTES else 0 for byte in range(256))
 _NOT_FASTA_BYTE = re.compile(rb"[^A-Za-z*.\- \t\r\n]")
 _GZIP_FIX = "download or copy the file again, and check it with 'gzip -t'"
 _COMPRESSION_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
@@ -999,13 +1001,13 @@ def fasta_records(path: str | Path) -> Iterator[tuple[str, str]]:
     is held whole (for consumers of whole sequences: BPE training, dataset cards)."""
     record_id: str | None = None
     pieces: list[bytes] = []
-    for kind, value in stream_fasta(path):
-        if kind == "seq":
-            pieces.append(value)  # type: ignore[arg-type]
+    for _, value in stream_fasta(path):
+        if isinstance(value, bytes):
+            pieces.append(value)
             continue
         if record_id is not None:
             yield record_id, b"".join(pieces).decode("ascii")
-        record_id, pieces = value, []  # type: ignore[assignment]
+        record_id, pieces = value, []
     if record_id is not None:
         yield record_id, b"".join(pieces).decode("ascii")
 
@@ -1050,15 +1052,18 @@ def decompressed_chunks(chunks: Iterable[bytes], path: str | Path) -> Iterator[b
 
 def fasta_events(chunks: Iterable[bytes], path: str | Path) -> Iterator[FastaEvent]:
     """The events of ``stream_fasta`` from plain FASTA ``chunks``: a ``>`` at the start of a
-    line opens a header; spaces, tabs and line breaks are dropped from sequence lines."""
+    line opens a header; spaces, tabs and line breaks are dropped from sequence lines.
+
+    Positions are kept as byte offsets; a line number is counted (by reading the file again
+    up to the offset) only for an error message."""
     path = Path(path)
-    line = 0  # line breaks read so far
+    at = 0  # offset of the current chunk in the file
     at_line_start = True
     header: bytearray | None = None
-    header_line = 0  # the line of the last header (0: none yet)
+    header_at = -1  # offset of the last header's '>' (-1: none yet)
     record: str | None = None
     position = 0  # residues of ``record`` so far
-    first_text: int | None = None
+    text_at: int | None = None  # offset of the first text before any header
     for chunk in chunks:
         start = 0
         while start < len(chunk):
@@ -1067,58 +1072,76 @@ def fasta_events(chunks: Iterable[bytes], path: str | Path) -> Iterator[FastaEve
                 header += chunk[start : len(chunk) if newline < 0 else newline]
                 if newline < 0:
                     break
-                record, position = _header_id(header, path, header_line), 0
+                record, position = _header_id(header, path, header_at), 0
                 yield "id", record
-                header, start, at_line_start, line = None, newline + 1, True, line + 1
+                header, start, at_line_start = None, newline + 1, True
                 continue
-            if at_line_start and chunk.startswith(b">", start):
-                marker = start
-            else:
-                marker = chunk.find(b"\n>", start)
-                marker = marker + 1 if marker >= 0 else -1
+            marker = _next_header(chunk, start, at_line_start)
             region = chunk[start : len(chunk) if marker < 0 else marker]
-            if piece := region.translate(None, _FASTA_WHITESPACE):
+            if piece := region.translate(_CHECKED, _FASTA_WHITESPACE):
                 if record is None:
-                    if first_text is None:
-                        blank = region[: len(region) - len(region.lstrip(_FASTA_WHITESPACE))]
-                        first_text = line + blank.count(b"\n") + 1
+                    if text_at is None:
+                        text_at = at + start + len(region) - len(region.lstrip(_FASTA_WHITESPACE))
                 else:
-                    if region.translate(None, _FASTA_ALLOWED):
-                        _refuse_fasta_byte(region, path, line, record, header_line, position)
+                    if b"\0" in piece:
+                        _refuse_fasta_byte(region, path, at + start, record, header_at, position)
                     yield "seq", piece
                     position += len(piece)
-            line += region.count(b"\n")
-            at_line_start = region.endswith(b"\n") or (not region and at_line_start)
+            if region:
+                at_line_start = region.endswith(b"\n")
             if marker < 0:
                 break
-            if record is None and first_text is not None:
-                raise _text_before_header_error(path, first_text, line + 1)
-            header, header_line, start, at_line_start = bytearray(), line + 1, marker + 1, False
+            if record is None and text_at is not None:
+                lines = _line_at(path, text_at), _line_at(path, at + marker)
+                raise _text_before_header_error(path, *lines)
+            header, header_at, start, at_line_start = bytearray(), at + marker, marker + 1, False
+        at += len(chunk)
     if header is not None:
-        yield "id", _header_id(header, path, header_line)
-    if not header_line:
-        raise _no_header_error(path, first_text)
+        yield "id", _header_id(header, path, header_at)
+    if header_at < 0:
+        raise _no_header_error(path, None if text_at is None else _line_at(path, text_at))
 
 
-def _header_id(header: bytearray, path: Path, line: int) -> str:
-    """The id of a header line (the bytes after ``>``), which must be UTF-8."""
+def _next_header(chunk: bytes, start: int, at_line_start: bool) -> int:
+    """The offset in ``chunk`` of the next ``>`` that starts a line, or -1 (a ``>`` inside a
+    line is left in the sequence, where it is refused)."""
+    marker = chunk.find(b">", start)
+    while marker >= 0 and not (chunk[marker - 1] == 10 if marker > start else at_line_start):
+        marker = chunk.find(b">", marker + 1)
+    return marker
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """The 1-based line of byte ``offset`` of the (decompressed) file, read again."""
+    lines, seen = 1, 0
+    for chunk in decompressed_chunks(read_chunks(path), path):
+        if offset < seen + len(chunk):
+            return lines + chunk.count(b"\n", 0, offset - seen)
+        lines += chunk.count(b"\n")
+        seen += len(chunk)
+    return lines
+
+
+def _header_id(header: bytearray, path: Path, at: int) -> str:
+    """The id of the header line whose ``>`` is at byte ``at``; it must be UTF-8."""
     title = bytes(header).decode("utf-8", errors="surrogateescape")
     if not title.isascii() and (bad := _NOT_UTF8.search(title)):
-        raise _not_utf8(ord(bad.group()) - 0xDC00, path, line)
-    return _title_id(title, path, line)
+        raise _not_utf8(ord(bad.group()) - 0xDC00, path, _line_at(path, at))
+    words = title.split(maxsplit=1)
+    return words[0] if words else _title_id(title, path, _line_at(path, at))
 
 
 def _refuse_fasta_byte(
-    region: bytes, path: Path, line: int, record: str, header_line: int, position: int
+    region: bytes, path: Path, at: int, record: str, header_at: int, position: int
 ) -> None:
-    """Refuse the first byte of ``region`` (sequence lines from ``line`` + 1 on, ``position``
+    """Refuse the first byte of ``region`` (sequence lines at byte ``at``, ``position``
     residues into ``record``) that is not a residue letter, ``*``, ``-`` or ``.``."""
     bad = _NOT_FASTA_BYTE.search(region)
     assert bad is not None
     before = region[: bad.start()]
     character = region[bad.start() : bad.start() + 4].decode("utf-8", errors="surrogateescape")[0]
     if _NOT_UTF8.match(character):
-        raise _not_utf8(region[bad.start()], path, line + before.count(b"\n") + 1)
+        raise _not_utf8(region[bad.start()], path, _line_at(path, at + bad.start()))
     index = position + len(before.translate(None, _FASTA_WHITESPACE))
-    where = {"path": path, "line": header_line, "record": record}
+    where = {"path": path, "line": _line_at(path, header_at), "record": record}
     _refuse_character(character, index, _NOT_RESIDUE, where)

@@ -128,9 +128,9 @@ def _index(path: Path) -> _Source:
         for _ in plain:
             pass
         events = _sequence_events(source)
-    for kind, value in events:
-        if kind == "id":
-            source.records.append(_Record(value, 0))  # type: ignore[arg-type]
+    for _, value in events:
+        if isinstance(value, str):
+            source.records.append(_Record(value, 0))
         else:
             source.records[-1].length += len(value)
     source.sha256 = digest.hexdigest()
