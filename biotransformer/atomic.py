@@ -16,9 +16,12 @@ replaced: writing to it raises ``InputError``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
+import resource
 import shutil
 import stat
 import tempfile
@@ -101,6 +104,45 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: A
         os.fsync(handle.fileno())
 
 
+def require_room(path: str | os.PathLike[str], size: int) -> None:
+    """Refuse to start writing a file of about ``size`` bytes at ``path`` that the process's
+    file size limit (``ulimit -f``) or the free space of its file system cannot hold, with the
+    ``OSError`` the write would meet: HDF5 can crash the process when a write fails midway."""
+    target = Path(path)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and size > limit:
+        raise OSError(
+            errno.EFBIG,
+            f"File too large: about {size:,} bytes to write, and this process may write files "
+            f"of {limit:,} bytes",
+            str(target),
+        )
+    free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
+    if size > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: about {size:,} bytes to write, {free:,} bytes free",
+            str(target),
+        )
+
+
+@contextlib.contextmanager
+def safetensors_os_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A failed write inside safetensors (disk full, ``ulimit -f``) arrives as a
+    ``SafetensorError`` holding ``os error N``: raise it as the ``OSError`` it is, naming
+    ``path``."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as error:
+        found = re.search(r"os error (\d+)", str(error))
+        if found is None:
+            raise
+        number = int(found[1])
+        raise OSError(number, os.strerror(number), str(path)) from None
+
+
 def strict_json(value: Any) -> Any:
     """``value`` with every NaN or infinite float (numpy's too) replaced by None: what JSON
     can hold (``json.dumps`` would otherwise write bare ``NaN``, which is not JSON)."""
@@ -170,9 +212,20 @@ def atomic_directory(
             shutil.rmtree(retired, ignore_errors=True)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError) and error.filename is None:
-            error.filename = str(target)  # a failed write() names no file; the CLI shows it
+        if isinstance(error, OSError):  # name the output, not its temporary sibling
+            error.filename = _in_target(error.filename, staging, target)
         raise
+
+
+def _in_target(filename: Any, staging: Path, target: Path) -> str:
+    """An error's file name with the staging directory as the target (the target itself for
+    a failed write() that names no file)."""
+    if filename is None:
+        return str(target)
+    name = Path(os.fsdecode(filename))
+    if staging == name or staging in name.parents:
+        return str(target / name.relative_to(staging))
+    return str(name)
 
 
 def _refuse_foreign_entries(target: Path, owned: set[str]) -> None:

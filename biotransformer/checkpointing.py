@@ -44,7 +44,7 @@ from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from biotransformer.atomic import write_json
+from biotransformer.atomic import safetensors_os_errors, write_json
 from biotransformer.errors import ConfigError, ModelDirectoryError
 
 CHECKPOINT_FILE = "checkpoint.json"
@@ -395,20 +395,21 @@ class Checkpointer:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        document, tensors = _rng_pieces()
-        rank = f"rng-rank{accelerator.process_index}"
-        save_file(tensors, staging / f"{rank}.safetensors")
-        _write_json(staging / f"{rank}.json", document)
-        if accelerator.is_main_process:
-            save_model(self._network(), str(staging / MODEL_FILE))
-            document, tensors = _optimizer_pieces(self.optimizer.state_dict())
-            save_file(tensors, staging / "optimizer.safetensors")
-            _write_json(staging / "optimizer.json", document)
-            _write_json(staging / "scheduler.json", self.scheduler.state_dict())
-            if self._scaler is not None:
-                _write_json(staging / "scaler.json", self._scaler.state_dict())
-            states = {name: dict(obj.state_dict()) for name, obj in self.state.items()}
-            _write_json(staging / "state.json", states)
+        with safetensors_os_errors(staging):  # a full disk is an OSError naming the folder
+            document, tensors = _rng_pieces()
+            rank = f"rng-rank{accelerator.process_index}"
+            save_file(tensors, staging / f"{rank}.safetensors")
+            _write_json(staging / f"{rank}.json", document)
+            if accelerator.is_main_process:
+                save_model(self._network(), str(staging / MODEL_FILE))
+                document, tensors = _optimizer_pieces(self.optimizer.state_dict())
+                save_file(tensors, staging / "optimizer.safetensors")
+                _write_json(staging / "optimizer.json", document)
+                _write_json(staging / "scheduler.json", self.scheduler.state_dict())
+                if self._scaler is not None:
+                    _write_json(staging / "scaler.json", self._scaler.state_dict())
+                states = {name: dict(obj.state_dict()) for name, obj in self.state.items()}
+                _write_json(staging / "state.json", states)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             record = {

@@ -22,7 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from biotransformer import __version__
-from biotransformer.atomic import atomic_directory, json_text, restore_interrupted_directory
+from biotransformer.atomic import (
+    atomic_directory,
+    json_text,
+    restore_interrupted_directory,
+    safetensors_os_errors,
+)
 from biotransformer.config import ModelConfig, check_value
 from biotransformer.constants import IGNORE_INDEX
 from biotransformer.errors import ConfigError, ModelDirectoryError
@@ -272,7 +277,8 @@ class BioTransformerModel(nn.Module):
         }
         with atomic_directory(directory, replaces=MODEL_FILES) as staging:
             (staging / CONFIG_FILE).write_text(json_text(document))
-            save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+            with safetensors_os_errors(staging / WEIGHTS_FILE):
+                save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
             if tokenizer is not None:
                 tokenizer.save(staging)
         return Path(directory)

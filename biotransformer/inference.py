@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from biotransformer.atomic import atomic_path
+from biotransformer.atomic import atomic_path, require_room
 from biotransformer.constants import IGNORE_INDEX
 from biotransformer.data.collator import MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
@@ -828,13 +828,22 @@ def embed_records(
     return embeddings
 
 
+#: Bytes an embeddings HDF5 file holds beyond its arrays and ids (header, dataset headers,
+#: attributes), with room to spare: the size checked before writing.
+H5_OVERHEAD = 64 * 1024
+
+
 def write_embeddings_h5(
     embeddings: Embeddings, path: str | os.PathLike[str], *, attributes: dict[str, Any]
 ) -> Path:
     """HDF5 with ``embeddings`` (N, D) float32, ``ids`` (variable-length UTF-8 strings) and,
-    per token, ``tokens`` and ``offsets``; attribute ``layers``. Written aside, then renamed."""
+    per token, ``tokens`` and ``offsets``; attribute ``layers``. Checked to fit (size limit,
+    free space) before it is begun, written aside, then renamed."""
     import h5py
 
+    arrays = (embeddings.pooled, embeddings.tokens, embeddings.offsets, embeddings.windows)
+    ids = sum(len(name.encode()) + 16 for name in embeddings.ids)
+    require_room(path, sum(a.nbytes for a in arrays if a is not None) + ids + H5_OVERHEAD)
     with atomic_path(path) as staging, h5py.File(staging, "w") as handle:
         handle.create_dataset("embeddings", data=embeddings.pooled)
         handle.create_dataset("ids", data=embeddings.ids, dtype=h5py.string_dtype(encoding="utf-8"))

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from biotransformer.atomic import atomic_directory, json_text
+from biotransformer.atomic import atomic_directory, json_text, safetensors_os_errors
 from biotransformer.errors import ConfigError, ModelDirectoryError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         raise ConfigError("this model has no LoRA adapters: call apply_lora first")
     with atomic_directory(directory, replaces=ADAPTER_FILES) as staging:
         (staging / ADAPTER_CONFIG_FILE).write_text(json_text(asdict(settings)))
-        save_file(trainable_state_dict(model), staging / ADAPTER_WEIGHTS_FILE)
+        with safetensors_os_errors(staging / ADAPTER_WEIGHTS_FILE):
+            save_file(trainable_state_dict(model), staging / ADAPTER_WEIGHTS_FILE)
     return Path(directory)
 
 
