@@ -239,15 +239,15 @@ def _read_modlamp_csv(path: Path, card: DatasetCard) -> Rows:
 
 
 def _read_fasta_pipe_label(path: Path, card: DatasetCard) -> Rows:
-    from Bio import SeqIO
+    from biotransformer.io import fasta_records  # Biopython: only when a card needs it
 
     rows = []
-    for record in SeqIO.parse(path, "fasta"):
-        if "|" not in record.id:
+    for record_id, sequence in fasta_records(path):
+        if "|" not in record_id:
             raise InputError(
-                "expected a header 'NAME|LABEL'", path=path, record=record.id, fix=card.manual
+                "expected a header 'NAME|LABEL'", path=path, record=record_id, fix=card.manual
             )
-        rows.append((str(record.seq), record.id.rsplit("|", 1)[1]))
+        rows.append((sequence, record_id.rsplit("|", 1)[1]))
     return rows
 
 
@@ -362,7 +362,7 @@ def _convert(source: Path, entry: DataFile, card: DatasetCard, cache: Path) -> R
         ) from None
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text", path=source, fix=fix) from None
-    except (ValueError, csv.Error) as error:  # Biopython's and csv's own parse errors
+    except (ValueError, csv.Error) as error:  # csv's own parse errors
         raise InputError(
             f"cannot be read as {entry.convert} ({error})", path=source, fix=fix
         ) from None

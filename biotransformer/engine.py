@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from biotransformer.atomic import atomic_write, json_text, write_json
 from biotransformer.checkpointing import Checkpointer, Stateful, resolve_resume
 from biotransformer.config import TrainingConfig
-from biotransformer.data.collator import IGNORE_INDEX
+from biotransformer.constants import IGNORE_INDEX
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.environment import versions
 from biotransformer.errors import BioTransformerError

@@ -73,7 +73,6 @@ from biotransformer.lora import (
     save_adapter,
 )
 from biotransformer.metrics import tune_threshold
-from biotransformer.report import write_report
 from biotransformer.runtime import broadcast_from_main
 from biotransformer.strands import (
     average_strands,
@@ -83,6 +82,7 @@ from biotransformer.strands import (
 )
 from biotransformer.tasks import TASKS, TaskInfo
 from biotransformer.tokenizers import Tokenizer
+from biotransformer.visualize import write_run_report
 
 DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
 
@@ -506,7 +506,7 @@ def final_evaluation(
         last_split, last_predictions = name, predictions
     if config.plots and accelerator.is_main_process:
         sections = {name: metrics[name] for name in ("valid", "test") if name in metrics}
-        write_report(
+        write_run_report(
             output_dir,
             task,
             splits[last_split],

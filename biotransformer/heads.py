@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,13 @@ from biotransformer.atomic import (
     write_json,
 )
 from biotransformer.config import CLASSIFIERS, POOLINGS, ModelConfig, check_values
+from biotransformer.constants import IGNORE_INDEX
 from biotransformer.errors import ConfigError, ModelDirectoryError
 from biotransformer.model import Encoder, EncoderOutput, init_weights
 from biotransformer.tasks import TaskInfo, read_task_file, threshold_problem
+
+if TYPE_CHECKING:
+    from biotransformer.tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +50,6 @@ TASK_FILE = "task.json"  # the decision fields of directories written before con
 # Everything a model directory holds: an existing one is replaced only if it holds these alone.
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TASK_FILE)
 FORMAT_VERSION = 1
-IGNORE_INDEX = -100
 PROBLEM_TYPES = ("single_label", "multi_label")
 
 
@@ -234,7 +237,7 @@ class BioTransformerModel(nn.Module):
         self.head_config = head
         self.encoder = Encoder(config)
         self.tied_weight_keys: tuple[str, ...] = ()
-        self.tokenizer: Any = None
+        self.tokenizer: Tokenizer | None = None
         self.loading_info: dict[str, list[str]] | None = None
 
     @classmethod
@@ -271,7 +274,9 @@ class BioTransformerModel(nn.Module):
         config = self.config
         return 6 * self.num_parameters() + 12 * config.num_layers * seq_len * config.hidden_size
 
-    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Any = None) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None
+    ) -> Path:
         """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json`` when a tokenizer
         is given) into ``directory`` atomically, replacing an earlier model directory there
         (one that holds nothing but model files: anything else is refused)."""
@@ -677,7 +682,7 @@ def _apply_task_file(model: BioTransformerModel, path: Path) -> None:
     )
 
 
-def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+def tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
     """What ``config.json`` records of the tokenizer a model was saved with (``tokenizer``)."""
     return {
         "spec": tokenizer.spec,
@@ -687,7 +692,7 @@ def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
 
 
 def _check_tokenizer_matches(
-    tokenizer: Any, document: dict[str, Any], config: ModelConfig, path: Path
+    tokenizer: Tokenizer, document: dict[str, Any], config: ModelConfig, path: Path
 ) -> None:
     """Refuse a ``tokenizer.json`` other than the one the model was saved with: against the
     record in ``config.json`` when there is one; directories saved before it existed are

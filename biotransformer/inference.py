@@ -31,7 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from biotransformer.atomic import atomic_path, require_room
-from biotransformer.data.collator import IGNORE_INDEX, MaskingCollator, PaddingCollator
+from biotransformer.constants import IGNORE_INDEX
+from biotransformer.data.collator import MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord

@@ -3,8 +3,15 @@
 ``read_sequences`` streams records one at a time. Memory is bounded by the longest record
 (Biopython joins the lines of one FASTA/FASTQ record before yielding it; CSV/TSV rows are read
 one at a time), plus the set of ids seen so far when duplicate ids are checked, plus the
-sidecar label table when one is given. A chromosome-scale record is therefore held whole once:
-the data pipeline cuts windows from it.
+sidecar label table when one is given.
+
+``stream_fasta`` (and ``fasta_events`` under it) is the one FASTA reader that never holds a
+record whole: a record id, then its bases in pieces of a few MiB. ``prepare`` cuts windows of
+chromosomes from it; ``fasta_records`` joins its pieces for BPE training and dataset cards.
+It refuses what ``read_sequences`` refuses, with the same messages: text before the first
+header, a header without an id, bytes that are not UTF-8, characters that are not residue
+letters, ``*``, ``-`` or ``.``; it leaves empty records, duplicate ids and the alphabet to its
+caller.
 
 Every problem with the input is an ``InputError`` that names the file, the line and record,
 what is wrong and how to fix it; ``docs/bad-inputs.md`` lists the cases.
@@ -53,6 +60,14 @@ DNA_FRACTION_THRESHOLD = 0.9
 PROTEIN_MIN_LENGTH_FOR_DNA_CHECK = 50
 
 _HEAD_BYTES = 65536
+READ_BYTES = 1 << 22  # the streaming FASTA reader reads (and decompresses) this much at a time
+_FASTA_WHITESPACE = b" \t\r\n"
+# Sequence bytes through ``translate``: a residue letter, '*', '-' or '.' stays itself, any other
+# byte becomes NUL (found by a fast ``in``), in the same pass that drops whitespace.
+_RESIDUE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*.-")
+_CHECKED = bytes(byte if byte in _RESIDUE_BYTES else 0 for byte in range(256))
+_NOT_FASTA_BYTE = re.compile(rb"[^A-Za-z*.\- \t\r\n]")
+_GZIP_FIX = "download or copy the file again, and check it with 'gzip -t'"
 _COMPRESSION_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
 _NOT_SEQUENCE = re.compile(r"[^A-Za-z*.\-]")
 _NOT_NUCLEOTIDE = re.compile(r"[^ACGTURYSWKMBDHVNacgturyswkmbdhvn.\-]")
@@ -441,13 +456,7 @@ class _LineReader:
         if text:
             self.line += 1
             if not text.isascii() and (bad := _NOT_UTF8.search(text)):
-                raise InputError(
-                    f"byte 0x{ord(bad.group()) - 0xDC00:02X} is not UTF-8 text "
-                    "(binary data, or another encoding)",
-                    path=self._path,
-                    line=self.line,
-                    fix="save the file as UTF-8 text",
-                )
+                raise _not_utf8(ord(bad.group()) - 0xDC00, self._path, self.line)
         return text
 
 
@@ -459,12 +468,7 @@ def _io_errors(path: Path, line: Callable[[], int]) -> Iterator[None]:
     except InputError:
         raise
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise InputError(
-            f"the gzip data is truncated or corrupt ({error})",
-            path=path,
-            line=line(),
-            fix="download or copy the file again, and check it with 'gzip -t'",
-        ) from None
+        raise _gzip_error(path, error, line()) from None
     except csv.Error as error:
         raise InputError(
             f"not valid CSV/TSV ({error})",
@@ -487,6 +491,21 @@ def _io_errors(path: Path, line: Callable[[], int]) -> Iterator[None]:
             line=line(),
             fix="check the file and the disk",
         ) from None
+
+
+def _gzip_error(path: Path, error: object, line: int | None = None) -> InputError:
+    return InputError(
+        f"the gzip data is truncated or corrupt ({error})", path=path, line=line, fix=_GZIP_FIX
+    )
+
+
+def _not_utf8(byte: int, path: Path, line: int) -> InputError:
+    return InputError(
+        f"byte 0x{byte:02X} is not UTF-8 text (binary data, or another encoding)",
+        path=path,
+        line=line,
+        fix="save the file as UTF-8 text",
+    )
 
 
 # Readers: each yields (id, sequence, header line or label field, line) from one format
@@ -526,20 +545,10 @@ def _skip_to_first_header(lines: _LineReader, path: Path) -> str:
         if text.startswith(">"):
             if first_text is None:
                 return text
-            raise InputError(
-                f"sequence or text before the first '>' header (which is on line {lines.line})",
-                path=path,
-                line=first_text,
-                fix="delete those lines, or give them a '>' header line",
-            )
+            raise _text_before_header_error(path, first_text, lines.line)
         if first_text is None and text.strip():
             first_text = lines.line
-    raise InputError(
-        "no '>' header line: this is not a FASTA file",
-        path=path,
-        line=first_text,
-        fix="start each record with a line like '>seq1', or pass the right format",
-    )
+    raise _no_header_error(path, first_text)
 
 
 def _fastq_records(lines: _LineReader, options: _Options) -> Iterator[RawRecord]:
@@ -562,6 +571,24 @@ def _fastq_records(lines: _LineReader, options: _Options) -> Iterator[RawRecord]
             ) from None
         start, next_start = next_start, lines.line
         yield _title_id(title, options.path, start), sequence, title, start
+
+
+def _text_before_header_error(path: Path, first_text: int, header: int) -> InputError:
+    return InputError(
+        f"sequence or text before the first '>' header (which is on line {header})",
+        path=path,
+        line=first_text,
+        fix="delete those lines, or give them a '>' header line",
+    )
+
+
+def _no_header_error(path: Path, first_text: int | None) -> InputError:
+    return InputError(
+        "no '>' header line: this is not a FASTA file",
+        path=path,
+        line=first_text,
+        fix="start each record with a line like '>seq1', or pass the right format",
+    )
 
 
 def _title_id(title: str, path: Path, line: int) -> str:
@@ -890,7 +917,7 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
             fix="remove the record, or add its sequence",
         )
     if bad := _NOT_SEQUENCE.search(sequence):
-        _refuse_character(sequence, bad.start(), "is not a residue letter, '*', '-' or '.'", where)
+        _refuse_character(bad.group(), bad.start(), _NOT_RESIDUE, where)
     if alphabet == "dna":
         fraction = _dna_fraction(sequence)
         if fraction < DNA_FRACTION_THRESHOLD:
@@ -902,7 +929,7 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
                 "Python alphabet='protein'), or check the file",
             )
         if bad := _NOT_NUCLEOTIDE.search(sequence):
-            _refuse_character(sequence, bad.start(), "is not an IUPAC nucleotide code", where)
+            _refuse_character(bad.group(), bad.start(), "is not an IUPAC nucleotide code", where)
     elif (
         alphabet == "protein"
         and len(sequence) >= PROTEIN_MIN_LENGTH_FOR_DNA_CHECK
@@ -917,8 +944,11 @@ def _check_sequence(sequence: str, alphabet: str | None, where: dict) -> None:
         )
 
 
-def _refuse_character(sequence: str, index: int, problem: str, where: dict) -> None:
-    character = sequence[index]
+_NOT_RESIDUE = "is not a residue letter, '*', '-' or '.'"
+
+
+def _refuse_character(character: str, index: int, problem: str, where: dict) -> None:
+    """Refuse ``character`` at 0-based ``index`` of the record ``where`` names."""
     if character.isdigit() or character.isspace():
         fix = (
             "this looks like GenBank/EMBL-style numbered sequence lines: convert the file to "
@@ -950,3 +980,168 @@ def _check_duplicate_id(
     if options.duplicate_ids == "error":
         raise error
     warnings.warn(str(error), UserWarning, stacklevel=3)
+
+
+# The streaming FASTA reader: a record is never held whole
+
+FastaEvent = tuple[Literal["id"], str] | tuple[Literal["seq"], bytes]
+
+
+def stream_fasta(path: str | Path) -> Iterator[FastaEvent]:
+    """``("id", record id)`` at each header, then ``("seq", bases)`` pieces of a FASTA file
+    (optionally gzipped) without line breaks; sniffed and refused like ``read_sequences``
+    (an empty, binary, UTF-16 or FASTQ file)."""
+    path = Path(path)
+    _sniff_format(path, "fasta")
+    return fasta_events(decompressed_chunks(read_chunks(path), path), path)
+
+
+def fasta_records(path: str | Path) -> Iterator[tuple[str, str]]:
+    """``(id, sequence)`` of each record of a FASTA file, read by ``stream_fasta``: one record
+    is held whole (for consumers of whole sequences: BPE training, dataset cards)."""
+    record_id: str | None = None
+    pieces: list[bytes] = []
+    for _, value in stream_fasta(path):
+        if isinstance(value, bytes):
+            pieces.append(value)
+            continue
+        if record_id is not None:
+            yield record_id, b"".join(pieces).decode("ascii")
+        record_id, pieces = value, []
+    if record_id is not None:
+        yield record_id, b"".join(pieces).decode("ascii")
+
+
+def read_chunks(path: str | Path) -> Iterator[bytes]:
+    """The file's bytes, ``READ_BYTES`` at a time."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_BYTES):
+            yield chunk
+
+
+def decompressed_chunks(chunks: Iterable[bytes], path: str | Path) -> Iterator[bytes]:
+    """Plain bytes from plain or gzip (also multi-member, as bgzip writes) chunks; a
+    truncated or corrupt gzip stream is refused as ``read_sequences`` refuses it."""
+    chunks = iter(chunks)
+    first = b""
+    while len(first) < 2 and (more := next(chunks, b"")):
+        first += more
+    if not first.startswith(b"\x1f\x8b"):
+        yield first
+        yield from chunks
+        return
+    decompressor = zlib.decompressobj(wbits=31)
+    pending, member_open = first, False
+    try:
+        while pending:
+            while pending:
+                member_open = True
+                yield decompressor.decompress(pending, READ_BYTES)
+                pending = decompressor.unconsumed_tail
+                if decompressor.eof:
+                    pending = decompressor.unused_data + pending
+                    decompressor, member_open = zlib.decompressobj(wbits=31), False
+            pending = next(chunks, b"")
+    except zlib.error as error:
+        raise _gzip_error(Path(path), error) from None
+    if member_open:
+        raise _gzip_error(
+            Path(path), "Compressed file ended before the end-of-stream marker was reached"
+        )
+
+
+def fasta_events(chunks: Iterable[bytes], path: str | Path) -> Iterator[FastaEvent]:
+    """The events of ``stream_fasta`` from plain FASTA ``chunks``: a ``>`` at the start of a
+    line opens a header; spaces, tabs and line breaks are dropped from sequence lines.
+
+    Positions are kept as byte offsets; a line number is counted (by reading the file again
+    up to the offset) only for an error message."""
+    path = Path(path)
+    at = 0  # offset of the current chunk in the file
+    at_line_start = True
+    header: bytearray | None = None
+    header_at = -1  # offset of the last header's '>' (-1: none yet)
+    record: str | None = None
+    position = 0  # residues of ``record`` so far
+    text_at: int | None = None  # offset of the first text before any header
+    for chunk in chunks:
+        start = 0
+        while start < len(chunk):
+            if header is not None:
+                newline = chunk.find(b"\n", start)
+                header += chunk[start : len(chunk) if newline < 0 else newline]
+                if newline < 0:
+                    break
+                record, position = _header_id(header, path, header_at), 0
+                yield "id", record
+                header, start, at_line_start = None, newline + 1, True
+                continue
+            marker = _next_header(chunk, start, at_line_start)
+            region = chunk[start : len(chunk) if marker < 0 else marker]
+            if piece := region.translate(_CHECKED, _FASTA_WHITESPACE):
+                if record is None:
+                    if text_at is None:
+                        text_at = at + start + len(region) - len(region.lstrip(_FASTA_WHITESPACE))
+                else:
+                    if b"\0" in piece:
+                        _refuse_fasta_byte(region, path, at + start, record, header_at, position)
+                    yield "seq", piece
+                    position += len(piece)
+            if region:
+                at_line_start = region.endswith(b"\n")
+            if marker < 0:
+                break
+            if record is None and text_at is not None:
+                lines = _line_at(path, text_at), _line_at(path, at + marker)
+                raise _text_before_header_error(path, *lines)
+            header, header_at, start, at_line_start = bytearray(), at + marker, marker + 1, False
+        at += len(chunk)
+    if header is not None:
+        yield "id", _header_id(header, path, header_at)
+    if header_at < 0:
+        raise _no_header_error(path, None if text_at is None else _line_at(path, text_at))
+
+
+def _next_header(chunk: bytes, start: int, at_line_start: bool) -> int:
+    """The offset in ``chunk`` of the next ``>`` that starts a line, or -1 (a ``>`` inside a
+    line is left in the sequence, where it is refused)."""
+    marker = chunk.find(b">", start)
+    while marker >= 0 and not (chunk[marker - 1] == 10 if marker > start else at_line_start):
+        marker = chunk.find(b">", marker + 1)
+    return marker
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """The 1-based line of byte ``offset`` of the (decompressed) file, read again."""
+    lines, seen = 1, 0
+    for chunk in decompressed_chunks(read_chunks(path), path):
+        if offset < seen + len(chunk):
+            return lines + chunk.count(b"\n", 0, offset - seen)
+        lines += chunk.count(b"\n")
+        seen += len(chunk)
+    return lines
+
+
+def _header_id(header: bytearray, path: Path, at: int) -> str:
+    """The id of the header line whose ``>`` is at byte ``at``; it must be UTF-8."""
+    title = bytes(header).decode("utf-8", errors="surrogateescape")
+    if not title.isascii() and (bad := _NOT_UTF8.search(title)):
+        raise _not_utf8(ord(bad.group()) - 0xDC00, path, _line_at(path, at))
+    words = title.split(maxsplit=1)
+    return words[0] if words else _title_id(title, path, _line_at(path, at))
+
+
+def _refuse_fasta_byte(
+    region: bytes, path: Path, at: int, record: str, header_at: int, position: int
+) -> None:
+    """Refuse the first byte of ``region`` (sequence lines at byte ``at``, ``position``
+    residues into ``record``) that is not a residue letter, ``*``, ``-`` or ``.``."""
+    bad = _NOT_FASTA_BYTE.search(region)
+    assert bad is not None
+    before = region[: bad.start()]
+    character = region[bad.start() : bad.start() + 4].decode("utf-8", errors="surrogateescape")[0]
+    if _NOT_UTF8.match(character):
+        raise _not_utf8(region[bad.start()], path, _line_at(path, at + bad.start()))
+    index = position + len(before.translate(None, _FASTA_WHITESPACE))
+    where = {"path": path, "line": _line_at(path, header_at), "record": record}
+    _refuse_character(character, index, _NOT_RESIDUE, where)

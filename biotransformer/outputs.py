@@ -53,10 +53,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from biotransformer.atomic import atomic_write, json_text, write_json
 from biotransformer.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 STDOUT = "-"
 RUN_RECORD = ".biotransformer-run.json"
@@ -488,7 +491,7 @@ def claim_run_directory(
     resume: bool = False,
     resumable: bool = False,
     recognise: Callable[[Path], bool] | None = None,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
 ) -> Iterator[RunDirectory]:
     """Claim ``path`` for one run of ``command`` (see the module doc) and hold it until the
     block ends; the record then lists the files the run wrote.

@@ -44,10 +44,11 @@ from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.outputs import RunDirectory, claim_run_directory
-from biotransformer.report import metrics_table, plot_attention_of, plot_embeddings_of
+from biotransformer.report import metrics_table
 from biotransformer.splits import split_records
 from biotransformer.tasks import TaskInfo
 from biotransformer.train import pretrain
+from biotransformer.visualize import plot_attention_of, plot_embeddings_of
 
 MAX_TOKENS = 4096
 PRETRAIN_LR = 2e-3

@@ -5,8 +5,9 @@ run left in its directory (``log.jsonl``, metrics, predictions) with ``plots``.
   validation metric curves, ROC / precision-recall / confusion matrix or predicted-vs-true);
 - ``write_pretrain_report``: pretraining (loss and learning-rate curves, held-out loss and
   perplexity), with the final held-out numbers in ``metrics.json``;
-- ``plot_embeddings_of`` and ``plot_attention_of``: a model's embeddings of labelled records
-  (PCA coloured by label) and its attention over one sequence.
+
+Every function here takes arrays, labels and log files: a report never runs a model (the
+arrays of a model come from ``visualize``, which calls these).
 
 In every ``report.html`` the metrics table row ``"<section> <metric>"`` holds the exact
 ``value`` / ``ci_low`` / ``ci_high`` of ``sections[section]["metrics"][metric]`` (also in the
@@ -22,14 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from biotransformer import plots
 from biotransformer.atomic import write_json
-from biotransformer.errors import InputError
-from biotransformer.inference import embed_records, label_targets
-from biotransformer.io import SequenceRecord
+from biotransformer.tasks import TaskInfo
 
 PRETRAIN_TITLE = "biotransformer: masked-LM pretraining"
 
@@ -76,11 +74,14 @@ def training_plots(rows: Sequence[Mapping[str, Any]], directory: Path) -> dict[s
     return images
 
 
-def prediction_plots(task: Any, truth: np.ndarray, scores: Any, directory: Path) -> dict[str, Plot]:
-    """ROC, precision-recall and (single-label) confusion matrix for classification,
-    predicted vs true for regression; nothing for a split with a single class."""
+def prediction_plots(
+    task: TaskInfo, truth: np.ndarray, scores: Any, predicted: Sequence[str], directory: Path
+) -> dict[str, Plot]:
+    """ROC, precision-recall and (single-label) confusion matrix of the ``predicted`` labels
+    for classification, predicted vs true for regression; nothing for a split with a single
+    class. ``truth``: class ids (N,), a 0/1 matrix (N, C) or values (N,)."""
     scores = np.asarray(scores)
-    if task.problem == "regression":
+    if task.task == "regression":
         return {
             "predicted vs true": _plot(
                 directory,
@@ -106,13 +107,13 @@ def prediction_plots(task: Any, truth: np.ndarray, scores: Any, directory: Path)
             labels=names,
         ),
     }
-    if task.problem in ("binary", "multiclass"):
+    if task.task == "classification":
         images["confusion matrix"] = _plot(
             directory,
             "confusion_matrix.png",
             plots.plot_confusion_matrix,
             [task.labels[i] for i in truth],
-            [task.labels[i] for i in task.decide(scores)],
+            list(predicted),
             task.labels,
         )
     return images
@@ -129,20 +130,21 @@ def metrics_table(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_report(
     directory: Path,
-    task: Any,
-    records: Sequence[SequenceRecord],
-    predictions: Any,
+    task: TaskInfo,
     sections: Mapping[str, Mapping[str, Any]],
     *,
+    truth: np.ndarray | None = None,
+    scores: Any = None,
+    predicted: Sequence[str] = (),
     log_path: Path | None = None,
 ) -> Path:
-    """Plots of ``predictions`` on ``records``, training and validation curves from
-    ``log_path``, and ``report.html`` with the metrics of every section (e.g. valid, test)."""
+    """Plots of ``scores`` and ``predicted`` labels against ``truth`` (when given), training and
+    validation curves from ``log_path``, and ``report.html`` with the metrics of every section
+    (e.g. valid, test)."""
     directory.mkdir(parents=True, exist_ok=True)
     images = training_plots(read_log(log_path), directory) if log_path is not None else {}
-    if predictions is not None and task.per_sequence:
-        truth = label_targets(task, records)
-        images.update(prediction_plots(task, truth, predictions.scores, directory))
+    if truth is not None and task.per_sequence:
+        images.update(prediction_plots(task, truth, scores, predicted, directory))
     notes = [f"task: {task.task}", f"labels: {task.labels}", f"threshold: {task.threshold}"]
     notes += [
         f"{section}: {note}"
@@ -183,61 +185,3 @@ def write_pretrain_report(output_dir: str | Path) -> Path:
         images=image_paths(training_plots(rows, output_dir)),
         notes=[f"{len(rows)} log rows, last step {metrics['step']}"],
     )
-
-
-def plot_embeddings_of(
-    model: torch.nn.Module,
-    records: Sequence[SequenceRecord],
-    path: str | Path,
-    *,
-    layers: Sequence[int] | None = None,
-    max_tokens: int = 16384,
-) -> Figure:
-    """PCA of the model's mean-pooled embeddings of ``records``, coloured by their labels
-    (uncoloured when no record has a label)."""
-    embeddings = embed_records(model, records, layers=layers, max_tokens=max_tokens)
-    labels = [record.label for record in records]
-    if all(label is None for label in labels):
-        return plots.plot_embeddings(embeddings.pooled, None, path)
-    return plots.plot_embeddings(embeddings.pooled, [str(label) for label in labels], path)
-
-
-@torch.no_grad()
-def attention_weights(
-    model: torch.nn.Module, sequence: str, *, layer: int = -1
-) -> tuple[np.ndarray, list[str]]:
-    """Attention weights (H, T, T) of one encoder layer over ``sequence`` and its tokens."""
-    tokenizer = model.tokenizer
-    ids = tokenizer.encode(sequence, max_length=model.config.max_length)
-    if not -model.config.num_layers <= layer < model.config.num_layers:
-        raise InputError(
-            f"layer {layer} does not exist: the model has {model.config.num_layers} layers",
-            fix=f"give --layer (layer= in Python) from 0 to {model.config.num_layers - 1}, "
-            f"or from -{model.config.num_layers} counting from the end",
-        )
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    output = model.encoder(torch.as_tensor(ids, device=device)[None], output_attentions=True)
-    model.train(was_training)
-    weights = output.attentions[layer][0].float().cpu().numpy()
-    return weights, [tokenizer.tokens[int(i)] for i in ids]
-
-
-def plot_attention_of(
-    model: torch.nn.Module,
-    sequence: str,
-    path: str | Path,
-    *,
-    layer: int = -1,
-    head: int | None = None,
-) -> Figure:
-    """Heatmap of one layer's attention over ``sequence`` (one head, or the mean of heads)."""
-    weights, tokens = attention_weights(model, sequence, layer=layer)
-    if head is not None and not 0 <= head < len(weights):
-        raise InputError(
-            f"head {head} does not exist: the layer has {len(weights)} heads",
-            fix=f"give --head (head= in Python) from 0 to {len(weights) - 1}, or leave it out "
-            "for the mean",
-        )
-    return plots.plot_attention_map(weights, tokens, path, head=head)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -24,10 +24,13 @@ from biotransformer.errors import ConfigError
 from biotransformer.io import SequenceRecord
 from biotransformer.tokenizers import reverse_complement
 
+if TYPE_CHECKING:
+    from biotransformer.tokenizers import Tokenizer
+
 STRAND_SALT = 0x5C  # separates the strand draws from other draws seeded by (seed, epoch, index)
 
 
-def require_dna(tokenizer: Any, what: str) -> None:
+def require_dna(tokenizer: Tokenizer, what: str) -> None:
     """A ``ConfigError`` unless ``tokenizer`` reads DNA."""
     if tokenizer.alphabet != "dna":
         raise ConfigError(
@@ -92,7 +95,7 @@ class StrandAugmentedDataset(Dataset):
 def strand_augmented(
     records: Sequence[SequenceRecord],
     make_dataset: Callable[[Sequence[SequenceRecord]], Dataset],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     probability: float,
     *,
     seed: int,

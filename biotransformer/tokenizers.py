@@ -423,16 +423,12 @@ def train_bpe(sequences: Iterable[str], vocab_size: int) -> str:
 
 
 def read_fasta_sequences(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
-    """The sequences of FASTA or gzipped FASTA files, read with Biopython."""
-    import gzip
-
-    from Bio import SeqIO
+    """The sequences of FASTA or gzipped FASTA files, read (and refused) as ``io`` reads them."""
+    from biotransformer.io import fasta_records
 
     for path in paths:
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rt") as handle:
-            for record in SeqIO.parse(handle, "fasta"):
-                yield str(record.seq)
+        for _, sequence in fasta_records(path):
+            yield sequence
 
 
 # ----------------------------------------------------------------------------- tokenizer

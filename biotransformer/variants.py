@@ -48,7 +48,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord, read_sequences
 from biotransformer.outputs import text_output
 from biotransformer.windows import first_window_size
+
+if TYPE_CHECKING:
+    from biotransformer.tokenizers import Tokenizer
 
 METHODS = ("masked_marginal", "wt_marginal", "pll_diff")
 DEFAULT_METHODS = ("masked_marginal", "wt_marginal")
@@ -295,7 +298,7 @@ def check_variant(variant: Variant, reference: dict[str, str], path: Any = None)
 class _LetterReader:
     """Log-probability of a letter at a masked token, from that token's distribution."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.bpe = tokenizer.scheme == "dna-bpe"
         self.index: dict[str, int] = {}
         for i, token in enumerate(tokenizer.tokens):

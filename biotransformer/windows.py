@@ -20,12 +20,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord
+
+if TYPE_CHECKING:
+    from biotransformer.tokenizers import Tokenizer
 
 AGGREGATES = ("mean", "max")
 
@@ -92,7 +95,7 @@ class WindowPlan:
 
 
 def encode_records(
-    tokenizer: Any, records: Sequence[SequenceRecord], **options: Any
+    tokenizer: Tokenizer, records: Sequence[SequenceRecord], **options: Any
 ) -> dict[str, Any]:
     """``tokenizer.encode_batch`` of the records' sequences; a sequence the tokenizer refuses
     is an ``InputError`` naming its record (id and line), not its place in the batch."""
@@ -109,7 +112,7 @@ def encode_records(
         ) from None
 
 
-def token_counts(tokenizer: Any, sequences: Sequence[str]) -> np.ndarray:
+def token_counts(tokenizer: Tokenizer, sequences: Sequence[str]) -> np.ndarray:
     """Tokens of each sequence, special tokens included, never cropped."""
     if not sequences:
         return np.zeros(0, np.int64)
@@ -117,7 +120,7 @@ def token_counts(tokenizer: Any, sequences: Sequence[str]) -> np.ndarray:
     return batch["attention_mask"].sum(axis=1)
 
 
-def first_window_size(tokenizer: Any, max_length: int) -> int:
+def first_window_size(tokenizer: Tokenizer, max_length: int) -> int:
     """Letters that make at most ``max_length`` tokens in the common case."""
     room = max_length - int(tokenizer.add_cls) - int(tokenizer.add_eos)
     if room < 1:
@@ -137,7 +140,7 @@ def window_starts(length: int, size: int, overlap: int) -> list[int]:
 
 
 def cut_sequence(
-    tokenizer: Any, sequence: str, max_length: int, overlap: int | None
+    tokenizer: Tokenizer, sequence: str, max_length: int, overlap: int | None
 ) -> list[tuple[int, int]]:
     """``[start, end)`` windows of one sequence whose tokens fit in ``max_length``."""
     room = max_length - int(tokenizer.add_cls) - int(tokenizer.add_eos)
@@ -158,7 +161,7 @@ def cut_sequence(
 
 def plan_windows(
     records: Sequence[SequenceRecord],
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     max_length: int,
     options: WindowOptions | None = None,
 ) -> WindowPlan:

@@ -278,7 +278,7 @@ def test_cli_get_from_a_local_folder_and_unknown_name(
             b">a\nACGT\n",
             "expected a header 'NAME|LABEL'",
         ),
-        ("nt-downstream-promoter_all", "train.fna", b"ACGT\n>a|1\n", "cannot be read as"),
+        ("nt-downstream-promoter_all", "train.fna", b"ACGT\n>a|1\n", "before the first '>'"),
     ],
 )
 def test_cli_get_of_a_malformed_file_names_it(

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import biotransformer as bt
+from biotransformer import io as bio_io
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import (
     SequenceRecord,
@@ -474,3 +475,69 @@ def test_random_bytes_raise_only_input_errors(data: bytes, suffix: str) -> None:
             assert str(path) in str(error)
             return
     assert all(record.sequence and record.id for record in records)
+
+
+# The streaming FASTA reader (prepare, BPE training, dataset cards): what read_sequences reads
+
+
+STREAMED = {
+    "plain": ">a desc\nACGT\nAC\n>b\nGGTT\n",
+    "crlf": ">a\r\nAC GT\r\nAC\r\n>b\r\nGG\r\n",
+    "no-final-newline": ">a\nACGT\n>b\nGG",
+    "blank-lines": "\n\n>a\nAC\n\nGT\n>b\nTT\n",
+    "lowercase-and-gaps": ">a\nacgtN-.*\n>b\nRYKM\n",
+    "unicode-header": ">\u00e9t\u00e9 r\u00e9sum\u00e9\nACGT\n",
+}
+BAD_STREAMED = {
+    "text-before-header": "note\n>a\nACGT\n",
+    "no-header": "ACGT\nACGT\n",
+    "header-without-id": ">a\nAC\n>\nGT\n",
+    "genbank": ">a\n        1 acgtacgtac gtacgtacgt\n",
+    "mid-line-marker": ">a\nAC>GT\n",
+}
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 22])
+@pytest.mark.parametrize("case", sorted(STREAMED))
+def test_streamed_fasta_is_what_read_sequences_reads(tmp_path, monkeypatch, case, chunk):
+    monkeypatch.setattr(bio_io, "READ_BYTES", chunk)
+    path = write(tmp_path / "x.fa", STREAMED[case])
+    expected = [(r.id, r.sequence) for r in bio_io.read_sequences(path, label_column=None)]
+    assert list(bio_io.fasta_records(path)) == expected
+    gzipped = tmp_path / "x.fa.gz"
+    gzipped.write_bytes(gzip.compress(path.read_bytes()))
+    assert list(bio_io.fasta_records(gzipped)) == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 22])
+@pytest.mark.parametrize("case", sorted(BAD_STREAMED))
+def test_streamed_fasta_is_refused_as_read_sequences_refuses_it(tmp_path, monkeypatch, case, chunk):
+    monkeypatch.setattr(bio_io, "READ_BYTES", chunk)
+    path = write(tmp_path / "x.fa", BAD_STREAMED[case])
+    with pytest.raises(InputError) as expected:
+        list(bio_io.read_sequences(path, label_column=None))
+    with pytest.raises(InputError) as streamed:
+        list(bio_io.fasta_records(path))
+    assert str(streamed.value) == str(expected.value)
+
+
+def test_streamed_fasta_refuses_bytes_that_are_not_utf8_and_a_cut_gzip(tmp_path):
+    """(A UTF-8 letter cut by a chunk boundary is named as a byte that is not UTF-8.)"""
+    not_residue = ">a\nACG\u00e9T\n".encode()
+    for name, content in (
+        ("h.fa", b">a\xff\nAC\n"),
+        ("s.fa", b">a\nAC\xffGT\n"),
+        ("e.fa", not_residue),
+    ):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(InputError) as expected:
+            list(bio_io.read_sequences(path, label_column=None))
+        with pytest.raises(InputError) as streamed:
+            list(bio_io.fasta_records(path))
+        assert str(streamed.value) == str(expected.value)
+    cut = tmp_path / "cut.fa.gz"
+    data = gzip.compress(b">a\n" + b"ACGT" * 50000)
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="gzip data is truncated or corrupt"):
+        list(bio_io.fasta_records(cut))

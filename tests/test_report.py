@@ -9,13 +9,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from biotransformer import report
-from biotransformer.config import ModelConfig
-from biotransformer.heads import SequenceClassifier
+from biotransformer import report, visualize
 from biotransformer.inference import Predictions, TaskInfo
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
-from biotransformer.tokenizers import Tokenizer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +124,9 @@ def test_training_plots_hold_every_logged_point(tmp_path):
 
 def test_classification_plots_hold_the_predictions(binary_run):
     directory, task, _, predictions, truth, positive = binary_run
-    images = report.prediction_plots(task, truth, predictions.scores, directory)
+    images = report.prediction_plots(
+        task, truth, predictions.scores, predictions.predicted, directory
+    )
     assert list(images) == ["ROC", "precision-recall", "confusion matrix"]
     roc_axes = images["ROC"].figure.axes[0]
     fpr = roc_axes.get_lines()[0].get_xdata()
@@ -141,7 +140,7 @@ def test_classification_plots_hold_the_predictions(binary_run):
 def test_regression_plot_has_one_point_per_record(tmp_path):
     truth = np.linspace(0.0, 1.0, 25)
     task = TaskInfo("regression", [])
-    images = report.prediction_plots(task, truth, (truth * 2)[:, None], tmp_path)
+    images = report.prediction_plots(task, truth, (truth * 2)[:, None], [], tmp_path)
     scatter = images["predicted vs true"].figure.axes[0].collections[0].get_offsets()
     assert scatter.shape == (25, 2)
     np.testing.assert_array_equal(scatter[:, 1], truth * 2)
@@ -150,7 +149,7 @@ def test_regression_plot_has_one_point_per_record(tmp_path):
 def test_finetune_report_names_every_plot_and_matches_metrics_json(binary_run):
     directory, task, records, predictions, _, _ = binary_run
     sections = json.loads((directory / "metrics.json").read_text())
-    page = report.write_report(
+    page = visualize.write_run_report(
         directory, task, records, predictions, sections, log_path=directory / "log.jsonl"
     )
     table = parse_report(page)
@@ -174,40 +173,3 @@ def test_pretrain_report_writes_metrics_json_and_curves(tmp_path):
     table = parse_report(page)
     assert table.images == ["training curves", "validation metrics"]
     assert_table_equals_metrics(table, {"valid": metrics["valid"]})
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier():
-    tokenizer = Tokenizer.from_spec("dna")
-    config = ModelConfig.from_preset(
-        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, num_heads=2
-    )
-    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
-    model.tokenizer = tokenizer
-    return model.eval()
-
-
-def test_embedding_plot_has_one_point_per_record_by_label(tmp_path, tiny_classifier):
-    rng = np.random.default_rng(0)
-    records = [
-        SequenceRecord(f"r{i}", "".join(rng.choice(list("ACGT"), 30)), str(i % 3))
-        for i in range(12)
-    ]
-    figure = report.plot_embeddings_of(tiny_classifier, records, tmp_path / "pca.png")
-    clouds = figure.axes[0].collections
-    assert [cloud.get_label() for cloud in clouds] == ["0", "1", "2"]
-    assert [len(cloud.get_offsets()) for cloud in clouds] == [4, 4, 4]
-
-
-def test_attention_plot_is_one_square_per_token(tmp_path, tiny_classifier):
-    sequence = "ACGTACGTTA"
-    weights, tokens = report.attention_weights(tiny_classifier, sequence, layer=-1)
-    assert tokens == ["<cls>", *sequence]
-    assert weights.shape == (2, 11, 11)
-    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-5)
-    figure = report.plot_attention_of(tiny_classifier, sequence, tmp_path / "a.png", head=1)
-    image = figure.axes[0].get_images()[0].get_array()
-    np.testing.assert_allclose(image, weights[1], rtol=1e-6)
-    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == tokens
-    with pytest.raises(Exception, match="head 2 does not exist"):
-        report.plot_attention_of(tiny_classifier, sequence, tmp_path / "b.png", head=2)

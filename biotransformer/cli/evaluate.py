@@ -119,8 +119,8 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     from biotransformer.config import ReadOptions
     from biotransformer.finetune_data import read_labelled
     from biotransformer.inference import evaluate_records, write_predictions_tsv
-    from biotransformer.report import write_report
     from biotransformer.runtime import is_main
+    from biotransformer.visualize import write_run_report
 
     accelerator, model = load_launched_model(args)
     task = load_task_with_threshold(args, model)
@@ -163,5 +163,5 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     if predictions is not None and args.predictions_out:
         write_predictions_tsv(predictions, args.predictions_out)
     if report_dir is not None:
-        write_report(report_dir, task, records, predictions, {"data": metrics})
+        write_run_report(report_dir, task, records, predictions, {"data": metrics})
     return 0

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     """Embed, project and write the PNG."""
     from biotransformer.heads import load_model
     from biotransformer.io import read_sequences
-    from biotransformer.report import plot_embeddings_of
+    from biotransformer.visualize import plot_embeddings_of
 
     check_output_file(args.out, inputs=[args.model, args.data], overwrite=args.overwrite)
     model = load_model(args.model, require_tokenizer=True)

@@ -9,14 +9,16 @@ worker, batch or resumed run collates it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from biotransformer.constants import IGNORE_INDEX
 from biotransformer.errors import ConfigError
 
-IGNORE_INDEX = -100
+if TYPE_CHECKING:
+    from biotransformer.tokenizers import Tokenizer
 
 
 def _pad(rows: Sequence[np.ndarray], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +32,7 @@ def _pad(rows: Sequence[np.ndarray], value: int) -> tuple[np.ndarray, np.ndarray
     return out, mask
 
 
-def default_span_length(tokenizer: Any) -> int:
+def default_span_length(tokenizer: Tokenizer) -> int:
     """``2k - 1`` for overlapping k-mers (hides one whole k-mer per span), else 1."""
     k, stride = getattr(tokenizer, "k", 1) or 1, getattr(tokenizer, "stride", 1) or 1
     return 2 * k - 1 if k > 1 and stride == 1 else 1
@@ -50,7 +52,7 @@ class MaskingCollator:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         mask_rate: float = 0.15,
         mask_token_rate: float = 0.8,

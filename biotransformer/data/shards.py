@@ -3,9 +3,9 @@
 ``prepare_corpus`` makes two passes over each input. The first checksums the file and lists
 its records with their lengths; it decides the validation split. The second streams each
 record in pieces of a few MiB, cuts windows in base coordinates, tokenises each window and
-appends it to a shard, so memory holds a few windows, never a chromosome. FASTA is read by a
-small streaming reader here because Biopython (``io.read_sequences``) joins a whole record
-before yielding it; FASTQ, CSV and TSV records are short and go through ``read_sequences``.
+appends it to a shard, so memory holds a few windows, never a chromosome. FASTA is read by
+``io``'s streaming reader (``io.read_sequences`` joins a whole record before yielding it);
+FASTQ, CSV and TSV records are short and go through ``read_sequences``.
 
 A shard is written as ``NAME.h5.partial`` and renamed when closed; ``manifest.json``, written
 last and atomically, marks the directory complete. ``docs/data-format.md`` lists the layout.
@@ -21,8 +21,7 @@ import math
 import os
 import shutil
 import time
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,14 @@ import numpy as np
 
 from biotransformer.atomic import write_json
 from biotransformer.errors import ConfigError, InputError
+from biotransformer.io import (
+    FastaEvent,
+    decompressed_chunks,
+    fasta_events,
+    guess_alphabet,
+    read_chunks,
+    read_sequences,
+)
 from biotransformer.tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -40,10 +47,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "valid")
 VALID_BLOCK_WINDOWS = 16  # a held-out block of a long record spans at most this many windows
-READ_BYTES = 1 << 22
 FLUSH_TOKENS = 1 << 22
 GROUP_BASES = 1 << 20  # neighbouring windows tokenised together, up to this many bases
-_WHITESPACE = b" \t\r\n"
 _LOWERCASE = bytes(range(ord("a"), ord("z") + 1))
 
 
@@ -86,92 +91,16 @@ class _Source:
 
 # ---------------------------------------------------------------- reading inputs in pieces
 
-GZIP_FIX = "copy or download the file again, and check it with 'gzip -t'"
 
-
-def _raw_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(READ_BYTES):
-            yield chunk
-
-
-def _decompressed(chunks: Iterable[bytes], path: Path) -> Iterator[bytes]:
-    """Plain bytes from plain or gzip (also multi-member, as bgzip writes) chunks; a
-    truncated or corrupt gzip stream is an ``InputError`` naming ``path``."""
-    chunks = iter(chunks)
-    first = next(chunks, b"")
-    if not first.startswith(b"\x1f\x8b"):
-        yield first
-        yield from chunks
-        return
-    decompressor = zlib.decompressobj(wbits=31)
-    pending, member_open = first, False
-    try:
-        while pending:
-            while pending:
-                member_open = True
-                yield decompressor.decompress(pending, READ_BYTES)
-                pending = decompressor.unconsumed_tail
-                if decompressor.eof:
-                    pending = decompressor.unused_data + pending
-                    decompressor, member_open = zlib.decompressobj(wbits=31), False
-            pending = next(chunks, b"")
-    except zlib.error as error:
-        raise InputError(f"the gzip data is corrupt ({error})", path=path, fix=GZIP_FIX) from None
-    if member_open:
-        raise InputError("the gzip data is truncated", path=path, fix=GZIP_FIX)
-
-
-def _fasta_events(chunks: Iterable[bytes], path: Path) -> Iterator[tuple[str, bytes]]:
-    """``("id", record id)`` at each header, then ``("seq", bases)`` pieces without breaks."""
-    header: bytearray | None = None
-    seen_header = False
-    for chunk in chunks:
-        position = 0
-        while position < len(chunk):
-            if header is not None:
-                newline = chunk.find(b"\n", position)
-                if newline < 0:
-                    header += chunk[position:]
-                    break
-                header += chunk[position:newline]
-                yield "id", _record_id(header, path)
-                header, position = None, newline + 1
-                continue
-            marker = chunk.find(b">", position)
-            piece = chunk[position : len(chunk) if marker < 0 else marker].translate(
-                None, _WHITESPACE
-            )
-            if piece and not seen_header:
-                raise InputError(
-                    "sequence data before the first '>' header",
-                    path=path,
-                    fix="give a FASTA file whose first line is a '>' header",
-                )
-            if piece:
-                yield "seq", piece
-            if marker < 0:
-                break
-            header, seen_header, position = bytearray(), True, marker + 1
-    if header is not None:
-        yield "id", _record_id(header, path)
-
-
-def _record_id(header: bytearray, path: Path) -> bytes:
-    words = bytes(header).split()
-    if not words:
-        raise InputError("a '>' header without an id", path=path, fix="name every record")
-    return words[0]
-
-
-def _sequence_events(source: _Source) -> Iterator[tuple[str, bytes]]:
+def _sequence_events(source: _Source) -> Iterator[FastaEvent]:
+    """The records of ``source`` as ``io.stream_fasta`` events, whatever its format."""
     if source.fasta:
-        yield from _fasta_events(_decompressed(_raw_chunks(source.path), source.path), source.path)
+        yield from fasta_events(
+            decompressed_chunks(read_chunks(source.path), source.path), source.path
+        )
         return
-    from biotransformer.io import read_sequences
-
     for record in read_sequences(source.path, label_column=None, duplicate_ids="allow"):
-        yield "id", record.id.encode()
+        yield "id", record.id
         yield "seq", record.sequence.encode()
 
 
@@ -182,11 +111,11 @@ def _index(path: Path) -> _Source:
     digest = hashlib.sha256()
 
     def hashed() -> Iterator[bytes]:
-        for chunk in _raw_chunks(path):
+        for chunk in read_chunks(path):
             digest.update(chunk)
             yield chunk
 
-    plain = _decompressed(hashed(), path)
+    plain = decompressed_chunks(hashed(), path)
     first = b""
     for first in plain:
         if first.strip():
@@ -194,19 +123,16 @@ def _index(path: Path) -> _Source:
     fasta = first.lstrip().startswith(b">")
     source = _Source(path, path.stat().st_size, "", fasta, [])
     if fasta:
-        for kind, value in _fasta_events(_chain(first, plain), path):
-            if kind == "id":
-                source.records.append(_Record(value.decode(errors="replace"), 0))
-            else:
-                source.records[-1].length += len(value)
+        events = fasta_events(_chain(first, plain), path)
     else:
         for _ in plain:
             pass
-        for kind, value in _sequence_events(source):
-            if kind == "id":
-                source.records.append(_Record(value.decode(), 0))
-            else:
-                source.records[-1].length += len(value)
+        events = _sequence_events(source)
+    for _, value in events:
+        if isinstance(value, str):
+            source.records.append(_Record(value, 0))
+        else:
+            source.records[-1].length += len(value)
     source.sha256 = digest.hexdigest()
     if not any(record.length for record in source.records):
         raise InputError("no sequences in this file", path=path, fix="check the input")
@@ -656,8 +582,6 @@ class _WindowEncoder:
                 bases.decode("ascii"), add_special_tokens=False, max_length=len(bases) + 2
             )
         except (InputError, UnicodeDecodeError) as error:
-            from biotransformer.io import guess_alphabet
-
             problem = error.problem if isinstance(error, InputError) else str(error)
             fix = "check the file holds sequences of the tokenizer's alphabet"
             alphabet = guess_alphabet(bases.decode("ascii", errors="replace"))
