@@ -498,11 +498,11 @@ def test_config_json_head_decision_fields_are_checked(
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("threshold", "high", "head.threshold = 'high' has type str, expected float"),
+        ("threshold", "high", "threshold = 'high' must be a number in [0, 1]"),
         ("threshold", 5, "threshold = 5 must be a number in [0, 1]"),
         ("threshold", float("nan"), "threshold = nan must be a number in [0, 1]"),
         ("threshold", [0.5, 0.5], "threshold = [0.5, 0.5] must be a number"),
-        ("threshold", True, "head.threshold = True has type bool, expected float"),
+        ("threshold", True, "threshold = True must be a number"),
         ("rc_average", "yes", "rc_average = 'yes' must be true or false"),
         ("rc_average", 1, "rc_average = 1 must be true or false"),
         ("labels", ["a", "b"], "labels = ['a', 'b'], but the model's are ['0', '1']"),
