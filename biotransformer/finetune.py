@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -83,6 +83,9 @@ from biotransformer.strands import (
 from biotransformer.tasks import TASKS, TaskInfo
 from biotransformer.tokenizers import Tokenizer
 from biotransformer.visualize import write_run_report
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
 
@@ -243,7 +246,7 @@ class FinetuneRecipe:
     def inputs(self) -> list[str | None]:
         return finetune_inputs(self.config)
 
-    def plan(self, accelerator: Any) -> Plan:
+    def plan(self, accelerator: Accelerator) -> Plan:
         config, seed = self.config, self.training.seed
         self.started = time.perf_counter()
         first = next(iter(read_labelled(config.train, config.task, config.read)))
@@ -433,7 +436,7 @@ class FinetuneRecipe:
             shutil.rmtree(self.adapter_dir, ignore_errors=True)
 
 
-def import_base(config: FinetuneConfig, accelerator: Any) -> FinetuneConfig:
+def import_base(config: FinetuneConfig, accelerator: Accelerator) -> FinetuneConfig:
     """``config`` with ``model_dir`` a model directory: ``hf:PATH`` and ``fair-esm:PATH``
     are converted into ``OUT/imported`` once, by the main process."""
     if config.model_dir is None:
@@ -456,7 +459,7 @@ def final_evaluation(
     config: FinetuneConfig,
     model_dir: Path,
     splits: Mapping[str, list[SequenceRecord]],
-    accelerator: Any,
+    accelerator: Accelerator,
     report: SplitReport,
     best_step: int,
 ) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,11 @@ from biotransformer.windows import (
     tokens_to_bases,
 )
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from biotransformer.tokenizers import Tokenizer
+
 ENCODE_CHUNK = 2048
 
 
@@ -66,7 +71,7 @@ class RecordDataset(Dataset):
     def __init__(
         self,
         records: Sequence[SequenceRecord],
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         max_length: int | None = None,
         labels: Callable[[SequenceRecord, np.ndarray], Any] | None = None,
@@ -124,7 +129,7 @@ def map_batches(
     *,
     max_tokens: int,
     collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
 ) -> list[Any]:
     """``step(model, batch)`` returns one result per sample of the batch; the results of all
     samples come back in dataset order, gathered from every process."""
@@ -184,7 +189,7 @@ def predict_logits(
     dataset: RecordDataset,
     *,
     max_tokens: int = 16384,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
 ) -> list[np.ndarray]:
     """The model's raw outputs per record, in record order."""
     return map_batches(model, dataset, _logits_step, max_tokens=max_tokens, accelerator=accelerator)
@@ -218,7 +223,7 @@ def predict_records(
     task: TaskInfo,
     *,
     max_tokens: int = 16384,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
     windows: WindowOptions | None = None,
     rc_average: bool | None = None,
 ) -> Predictions:
@@ -390,7 +395,7 @@ def evaluate_records(
     max_tokens: int = 16384,
     bootstrap: int = 1000,
     seed: int = 0,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
     mask_rate: float = 0.15,
     windows: WindowOptions | None = None,
     rc_average: bool | None = None,
@@ -455,7 +460,7 @@ def _evaluate_tokens(
     max_tokens: int,
     bootstrap: int,
     seed: int,
-    accelerator: Any,
+    accelerator: Accelerator,
     windows: WindowOptions | None,
 ) -> tuple[dict[str, Any], Predictions]:
     """Token metrics; records cut into windows are scored per base."""
@@ -492,7 +497,7 @@ def evaluate_masked_lm_records(
     max_tokens: int = 16384,
     bootstrap: int = 1000,
     seed: int = 0,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
     mask_rate: float = 0.15,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
@@ -595,7 +600,7 @@ def embed_records(
     layers: Sequence[int] | None = None,
     per_token: bool = False,
     max_tokens: int = 16384,
-    accelerator: Any = None,
+    accelerator: Accelerator | None = None,
     windows: WindowOptions | None = None,
 ) -> Embeddings:
     """Embeddings of ``records`` from any model's encoder, in record order. A record cut into
