@@ -49,3 +49,22 @@ def save_legacy_model_directory(model, directory, task: dict | None = None):
     (directory / "config.json").write_text(json.dumps(config))
     (directory / "task.json").write_text(json.dumps(task or model.task.to_dict()))
     return directory
+
+
+def tiny_binary_classifier(tokenizer_spec: str = "dna"):
+    """A tiny untrained binary classifier (labels '0', '1') with its tokenizer, the same
+    weights every call: for tests of the commands' behaviour, not of the model's quality."""
+    import torch
+
+    from biotransformer.config import ModelConfig
+    from biotransformer.heads import SequenceClassifier
+    from biotransformer.tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_spec(tokenizer_spec)
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(
+        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
+    )
+    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
+    model.tokenizer = tokenizer
+    return model

@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_binary_classifier
 
 from biotransformer.cli import main
-from biotransformer.config import ModelConfig
-from biotransformer.heads import SequenceClassifier
 from biotransformer.io import read_sequences
-from biotransformer.tokenizers import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -117,13 +115,7 @@ def documented() -> dict[str, dict[str, tuple[str, str | None]]]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained DNA binary classifier: the commands' behaviour, not its quality."""
-    tokenizer = Tokenizer.from_spec("dna")
-    torch.manual_seed(0)
-    config = ModelConfig.from_preset(
-        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-    )
-    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
-    model.tokenizer = tokenizer
+    model = tiny_binary_classifier()
     directory = tmp_path_factory.mktemp("bad-inputs") / "model"
     model.save_pretrained(directory)
     return directory

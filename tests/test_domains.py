@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_legacy_model_directory
+from helpers import save_legacy_model_directory, tiny_binary_classifier
 
 from biotransformer.cli import build_parser, main
 from biotransformer.cli import common as cli_common
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError
-from biotransformer.heads import SequenceClassifier
 from biotransformer.tokenizers import Tokenizer
 
 # Values outside each flag type's domain (and one that is no number at all).
@@ -115,13 +114,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained DNA binary classifier, in a directory written before config.json held
     the decision fields (with the task.json that finetune wrote then), so that both files'
     fields are checked."""
-    tokenizer = Tokenizer.from_spec("dna")
-    torch.manual_seed(0)
-    config = ModelConfig.from_preset(
-        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-    )
-    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
-    model.tokenizer = tokenizer
+    model = tiny_binary_classifier()
     directory = tmp_path_factory.mktemp("domains") / "model"
     save_legacy_model_directory(model, directory)
     return directory
@@ -738,13 +731,7 @@ def test_a_config_json_threshold_decides(
 @pytest.fixture(scope="module")
 def protein_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained protein binary classifier."""
-    tokenizer = Tokenizer.from_spec("protein")
-    torch.manual_seed(0)
-    config = ModelConfig.from_preset(
-        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-    )
-    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
-    model.tokenizer = tokenizer
+    model = tiny_binary_classifier("protein")
     directory = tmp_path_factory.mktemp("domains-protein") / "model"
     model.save_pretrained(directory)
     return directory

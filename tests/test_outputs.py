@@ -13,15 +13,12 @@ from pathlib import Path
 
 import h5py
 import pytest
-import torch
+from helpers import tiny_binary_classifier
 
 from biotransformer.cli import main
-from biotransformer.config import ModelConfig
 from biotransformer.errors import BioTransformerError
-from biotransformer.heads import SequenceClassifier
 from biotransformer.outputs import LOCK_FILE, RUN_RECORD, claim_run_directory, read_run_record
 from biotransformer.saliency import MAX_STEM
-from biotransformer.tokenizers import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -31,13 +28,7 @@ SEQUENCES = ["ACGTACGTAAGGCCTT", "TTGGCCAAACGTACGA", "GGGGCCCCAAAATTTT"]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained DNA binary classifier directory."""
-    tokenizer = Tokenizer.from_spec("dna")
-    torch.manual_seed(0)
-    config = ModelConfig.from_preset(
-        "tiny", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id
-    )
-    model = SequenceClassifier(config, label2id={"0": 0, "1": 1})
-    model.tokenizer = tokenizer
+    model = tiny_binary_classifier()
     directory = tmp_path_factory.mktemp("outputs") / "model"
     model.save_pretrained(directory)
     return directory
