@@ -347,7 +347,7 @@ def from_fair_esm(path: str | os.PathLike[str]) -> MaskedLM:
             f"ESM-2 checkpoints storing their cfg as argparse.Namespace or a dict are read. "
             f"Fix: {fix}"
         ) from None
-    except (EOFError, RuntimeError, ValueError, OSError) as error:  # truncated, not a zip...
+    except Exception as error:  # truncated, not a zip, bytes the legacy unpickler trips on
         raise ModelDirectoryError(
             f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
             f"{_first_line(error)}). Fix: {fix}"

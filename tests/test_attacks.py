@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import re
 import resource
 import shutil
@@ -611,7 +612,8 @@ def import_cases() -> list[Case]:
     return [
         convert("fair-esm", "esm.pt", "fair-esm-truncated",
                 write("esm.pt", whole[: len(whole) // 2])),
-        convert("fair-esm", "esm.pt", "fair-esm-not-a-zip", write("esm.pt", os.urandom(512))),
+        convert("fair-esm", "esm.pt", "fair-esm-not-a-zip",
+                write("esm.pt", random.Random(512).randbytes(512))),
         convert("fair-esm", "esm.pt", "fair-esm-zip-without-keys",
                 write("esm.pt", fair_esm_bytes({"weights": torch.zeros(2)}))),
         convert("fair-esm", "esm.pt", "fair-esm-cfg-without-fields", write("esm.pt", whole)),
@@ -624,7 +626,7 @@ def import_cases() -> list[Case]:
         convert("hf", "seqs.fa", "hf-path-is-a-file", None),
         Case("finetune-model-fair-esm-garbage", "import",
              warm_start("fair-esm:esm.pt"),
-             ("esm.pt",), ("ft",), write("esm.pt", os.urandom(256))),
+             ("esm.pt",), ("ft",), write("esm.pt", random.Random(256).randbytes(256))),
         Case("finetune-model-hf-empty-dir", "import",
              warm_start("hf:hfdir"),
              ("hfdir",), ("ft",), directory("hfdir")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import random
 
 import pytest
 import torch
@@ -166,6 +167,18 @@ def test_fair_esm_checkpoint_parity(token_dropout, tmp_path):
     assert (expected["logits"] - got.logits).abs().max() < TOL
     for layer, hidden in enumerate(got.hidden_states):
         assert (expected["representations"][layer] - hidden).abs().max() < TOL
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fair_esm_random_bytes_are_a_model_directory_error(seed, tmp_path):
+    """Garbage of any kind (the legacy unpickler raises IndexError, KeyError... on some
+    bytes) is one error naming the file, never an internal error."""
+    from biotransformer.errors import ModelDirectoryError
+
+    path = tmp_path / "esm.pt"
+    path.write_bytes(random.Random(seed).randbytes(64 + 16 * seed))
+    with pytest.raises(ModelDirectoryError, match=r"esm\.pt"):
+        interop.from_fair_esm(path)
 
 
 def test_fair_esm_refuses_pickled_code(tmp_path):
