@@ -25,7 +25,7 @@ _PUBLIC_NAMES: dict[str, str] = {
     "SequenceClassifier": "biotransformer.heads",
     "SequenceRegressor": "biotransformer.heads",
     "TokenClassifier": "biotransformer.heads",
-    "load_model": "biotransformer.heads",
+    "load_model": "biotransformer.hub",
 }
 
 __all__ = ["__version__", *_PUBLIC_NAMES]

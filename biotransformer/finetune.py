@@ -11,11 +11,13 @@ test split once, at the end, with that model. The output directory::
                       threshold, model.safetensors, tokenizer.json); with LoRA, the
                       adapters merged into the encoder
     adapter/          with LoRA: the selected adapter and head weights (``lora.save_adapter``)
-    imported/         with ``--model hf:PATH`` or ``fair-esm:PATH``: the converted base model
+    imported/         with ``--model hf:ORG/NAME``, ``hf:PATH`` or ``fair-esm:PATH``: the
+                      converted base model (see ``hub``)
     metrics.json      validation and test metrics with bootstrap CIs, n, threshold, seed
     predictions_valid.tsv, predictions_test.tsv
     config.yaml       the resolved fine-tuning config
-    run.json          provenance (versions, git commit, command, seed, split report)
+    run.json          provenance (versions, git commit, command, seed, split report; the
+                      base model's source, with a Hub model's resolved commit)
     log.jsonl         training log (loss, lr; validation metrics at each evaluation)
     checkpoints/      while the run lasts: ``checkpointing.Checkpointer`` folders every
                       ``training.save_every`` steps and at the end, for ``resume``
@@ -53,6 +55,7 @@ from biotransformer.finetune_data import (
     targets_of,
 )
 from biotransformer.heads import MODEL_CLASSES, load_model, set_class_weights
+from biotransformer.hub import import_model
 from biotransformer.inference import (
     RecordDataset,
     evaluate_records,
@@ -63,7 +66,6 @@ from biotransformer.inference import (
     token_targets,
     write_predictions_tsv,
 )
-from biotransformer.interop import model_directory
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.lora import (
     LoraSettings,
@@ -258,7 +260,7 @@ class FinetuneRecipe:
         self.task = TaskInfo(config.task, labels, rc_average=config.rc_average)
 
         set_seed(seed)  # the same initial weights on every process
-        base = import_base(config, accelerator)
+        base, base_source = import_base(config, accelerator)
         longest = max(len(r.sequence) for records in self.splits.values() for r in records) + 2
         model = build_model(base, alphabet, labels, longest)
         self.tokenizer = model.tokenizer
@@ -294,6 +296,7 @@ class FinetuneRecipe:
             "alphabet": alphabet,
             "labels": labels,
             "base_model": base.model_dir,
+            "base_model_source": base_source,
             "parameters": parameters,
             "splits": dataclasses.asdict(self.report),
         }
@@ -436,15 +439,20 @@ class FinetuneRecipe:
             shutil.rmtree(self.adapter_dir, ignore_errors=True)
 
 
-def import_base(config: FinetuneConfig, accelerator: Accelerator) -> FinetuneConfig:
-    """``config`` with ``model_dir`` a model directory: ``hf:PATH`` and ``fair-esm:PATH``
-    are converted into ``OUT/imported`` once, by the main process."""
+def import_base(
+    config: FinetuneConfig, accelerator: Accelerator
+) -> tuple[FinetuneConfig, dict[str, Any] | None]:
+    """``config`` with ``model_dir`` a model directory, and the record of its source for
+    ``run.json``: a Hub repository, ``hf:PATH`` and ``fair-esm:PATH`` are resolved (see
+    ``hub``) and converted into ``OUT/imported`` once, by the main process."""
     if config.model_dir is None:
-        return config
+        return config, None
     resolved = None
     if accelerator.is_main_process:
-        resolved = str(model_directory(config.model_dir, Path(config.output_dir) / "imported"))
-    return dataclasses.replace(config, model_dir=broadcast_from_main(resolved))
+        directory, source = import_model(config.model_dir, Path(config.output_dir) / "imported")
+        resolved = (str(directory), source.record())
+    directory, record = broadcast_from_main(resolved)
+    return dataclasses.replace(config, model_dir=directory), record
 
 
 def _target_counter(task: str) -> Any:

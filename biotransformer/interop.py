@@ -1,10 +1,11 @@
-"""Import and export ESM-2 and Nucleotide Transformer checkpoints, from local paths only.
+"""Import and export ESM-2 and Nucleotide Transformer checkpoints held in local files.
 
 ``from_hf`` reads HuggingFace ``EsmForMaskedLM`` / ``EsmForSequenceClassification`` /
 ``EsmForTokenClassification`` (a directory or a loaded model), ``from_fair_esm`` a fair-esm
 ESM-2 ``.pt`` file, and ``to_hf`` writes a directory that ``transformers`` loads with its own
 ESM classes. Weights map one to one: ESM's separate query, key and value projections become
-our fused ``qkv``, and every other tensor keeps its shape. Nothing here touches the network.
+our fused ``qkv``, and every other tensor keeps its shape. Nothing here touches the network:
+``hub`` finds Hub checkpoints in the HuggingFace cache and hands their directories here.
 """
 
 from __future__ import annotations
@@ -519,18 +520,3 @@ def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path
             (staging / HF_VOCAB_FILE).write_text("\n".join(tokenizer.tokens) + "\n")
             (staging / TOKENIZER_COPY).write_text(json_text(tokenizer.to_dict(), indent=1))
     return Path(directory)
-
-
-# ---------------------------------------------------------------------------------------------
-# Model sources on the command line
-# ---------------------------------------------------------------------------------------------
-
-
-def model_directory(source: str, imported: str | os.PathLike[str]) -> Path:
-    """A biotransformer model directory for a ``--model`` value: ``hf:PATH`` and
-    ``fair-esm:PATH`` are converted into ``imported``; anything else is already one."""
-    if source.startswith("hf:"):
-        return from_hf(source.removeprefix("hf:")).save_pretrained(imported)
-    if source.startswith("fair-esm:"):
-        return from_fair_esm(source.removeprefix("fair-esm:")).save_pretrained(imported)
-    return Path(source)

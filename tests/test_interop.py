@@ -260,15 +260,3 @@ def test_cli_convert_imports_and_exports(tmp_path, capsys):
     argv = ["convert", "--from", "biotransformer", str(tmp_path / "alibi"), "--to", "hf"]
     assert main([*argv, "--out", str(tmp_path / "no")]) == 2
     assert "ModelConfig.position = 'alibi'" in capsys.readouterr().err
-
-
-def test_model_directory_converts_prefixed_sources(tmp_path):
-    hf = randomised(transformers.EsmForMaskedLM(esm_config()))
-    hf.save_pretrained(tmp_path / "hf")
-    directory = interop.model_directory(f"hf:{tmp_path / 'hf'}", tmp_path / "imported")
-    assert directory == tmp_path / "imported"
-    classifier = SequenceClassifier.from_pretrained(directory, num_labels=2, classifier="esm")
-    assert classifier.loading_info["new"] == sorted(
-        ["classifier.bias", "classifier.weight", "dense.bias", "dense.weight"]
-    )
-    assert interop.model_directory(str(tmp_path / "x"), tmp_path / "unused") == tmp_path / "x"

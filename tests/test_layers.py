@@ -40,6 +40,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.memory": "core",
     "biotransformer.lora": "core",
     "biotransformer.interop": "core",
+    "biotransformer.hub": "core",
     "biotransformer.data": "core",
     "biotransformer.data.collator": "core",
     "biotransformer.data.sampler": "core",

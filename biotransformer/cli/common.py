@@ -24,6 +24,7 @@ from biotransformer.config import (
     positive_int,
     probability,
 )
+from biotransformer.hub import SOURCE_HELP
 
 # Value types of numeric flags (``config.Domain``, the same checks as config keys): each checks
 # its domain, so argparse names the flag, prints the allowed range and exits with status 2 (no
@@ -70,9 +71,14 @@ def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--model``: any model source ``hub.load_model`` reads."""
+    parser.add_argument("--model", required=True, metavar="MODEL", help=f"{what}: {SOURCE_HELP}")
+
+
 def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on its device."""
-    from biotransformer.heads import load_model
+    from biotransformer.hub import load_model
     from biotransformer.runtime import launched_accelerator
 
     accelerator = launched_accelerator()

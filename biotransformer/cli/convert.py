@@ -18,10 +18,11 @@ def register(subparsers: Any) -> None:
         "convert",
         help="import a HuggingFace or fair-esm ESM checkpoint, or export one to HuggingFace",
         description=(
-            "Convert a local checkpoint (no downloads): a HuggingFace ESM directory (ESM-2, "
-            "Nucleotide Transformer), a fair-esm ESM-2 .pt file, or a biotransformer model "
-            "directory, into a biotransformer model directory or a HuggingFace ESM directory "
-            "that transformers loads with its own classes."
+            "Convert a checkpoint: a HuggingFace ESM directory or Hub repository (ESM-2, "
+            "Nucleotide Transformer; ORG/NAME[@REVISION] through the HuggingFace cache), a "
+            "fair-esm ESM-2 .pt file, or a biotransformer model directory, into a biotransformer "
+            "model directory or a HuggingFace ESM directory that transformers loads with its "
+            "own classes."
         ),
     )
     parser.add_argument(
@@ -30,9 +31,10 @@ def register(subparsers: Any) -> None:
         choices=SOURCES,
         required=True,
         help="format of PATH: hf (EsmForMaskedLM/SequenceClassification/TokenClassification "
-        "directory), fair-esm (.pt file) or biotransformer (model directory)",
+        "directory or Hub repository ORG/NAME[@REVISION]), fair-esm (.pt file) or "
+        "biotransformer (model directory)",
     )
-    parser.add_argument("path", metavar="PATH", help="the checkpoint directory or file")
+    parser.add_argument("path", metavar="PATH", help="the checkpoint directory, file or Hub name")
     parser.add_argument(
         "--out",
         required=True,
@@ -52,7 +54,8 @@ def register(subparsers: Any) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     from biotransformer import interop
-    from biotransformer.heads import MODEL_FILES, load_model
+    from biotransformer.heads import MODEL_FILES
+    from biotransformer.hub import FAIR_ESM_PREFIX, HUB_PREFIX, load_model
 
     check_model_directory_output(
         args.out,
@@ -60,12 +63,8 @@ def _convert(args: argparse.Namespace) -> int:
         inputs=[args.path],
         overwrite=args.overwrite,
     )
-    if args.source == "hf":
-        model = interop.from_hf(args.path)
-    elif args.source == "fair-esm":
-        model = interop.from_fair_esm(args.path)
-    else:
-        model = load_model(args.path)
+    prefix = {"hf": HUB_PREFIX, "fair-esm": FAIR_ESM_PREFIX, "biotransformer": ""}[args.source]
+    model = load_model(prefix + args.path)
     if args.to == "hf":
         interop.to_hf(model, args.out)
     else:
@@ -76,6 +75,7 @@ def _convert(args: argparse.Namespace) -> int:
         "model_type": type(model).__name__,
         "parameters": model.num_parameters(),
         "tokenizer": None if model.tokenizer is None else model.tokenizer.spec,
+        "source": model.source,
     }
     print(json_text(summary, indent=None), end="")
     return 0

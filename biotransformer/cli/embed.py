@@ -7,6 +7,7 @@ import argparse
 from biotransformer.cli.common import (
     add_column_options,
     add_max_tokens_option,
+    add_model_option,
     add_window_options,
     any_int,
     load_launched_model,
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "attribute 'layers' lists them. Batches are filled up to --max-tokens."
         ),
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="any model directory")
+    add_model_option(parser, "any model")
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
     parser.add_argument("--out", required=True, metavar="FILE.h5", help="HDF5 output")
     add_overwrite_option(parser)

@@ -8,6 +8,7 @@ from pathlib import Path
 from biotransformer.atomic import json_text
 from biotransformer.cli.common import (
     add_max_tokens_option,
+    add_model_option,
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "stored with the model (model/config.json, from finetune --tune-threshold) is used."
         ),
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    add_model_option(parser, "a model")
     parser.add_argument("--data", required=True, metavar="FILE", help="labelled FASTA/CSV/TSV")
     parser.add_argument(
         "--metrics-out",

@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  biotransformer finetune --train train.csv --task classification --out runs/x\n"
             "  biotransformer finetune --train train.csv --valid dev.csv --test test.csv "
             "--model runs/pretrain/model --out runs/y --epochs 5 --lr 1e-3\n"
-            "  biotransformer finetune --train train.csv --model hf:esm2_t6_8M_UR50D "
+            "  biotransformer finetune --train train.csv --model hf:facebook/esm2_t6_8M_UR50D "
             "--lora r=8,alpha=16 --out runs/lora\n"
             "  biotransformer finetune --train seqs.fasta --label-from key:class "
             "--preset tiny --out runs/z model.num_layers=2 training.weight_decay=0.0"

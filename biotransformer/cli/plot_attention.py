@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from biotransformer.cli.common import any_int, naming_input, non_negative_int
+from biotransformer.cli.common import add_model_option, any_int, naming_input, non_negative_int
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "keys on columns, tokens on the axes: one head, or the mean over heads."
         ),
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="any model directory")
+    add_model_option(parser, "any model")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sequence", metavar="SEQ", help="the sequence, as letters")
     source.add_argument(
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the attention weights and write the PNG."""
-    from biotransformer.heads import load_model
+    from biotransformer.hub import load_model
     from biotransformer.visualize import plot_attention_of
 
     check_output_file(args.out, inputs=[args.model, args.input], overwrite=args.overwrite)

@@ -7,6 +7,7 @@ import argparse
 from biotransformer.cli.common import (
     add_duplicate_ids_option,
     add_max_tokens_option,
+    add_model_option,
     any_int,
 )
 from biotransformer.config import column
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "labels; one colour when the data have no labels)."
         ),
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="any model directory")
+    add_model_option(parser, "any model")
     parser.add_argument(
         "--data", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences, labels optional"
     )
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed, project and write the PNG."""
-    from biotransformer.heads import load_model
+    from biotransformer.hub import load_model
     from biotransformer.io import read_sequences
     from biotransformer.visualize import plot_embeddings_of
 

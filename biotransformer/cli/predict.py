@@ -7,6 +7,7 @@ import argparse
 from biotransformer.cli.common import (
     add_column_options,
     add_max_tokens_option,
+    add_model_option,
     add_window_options,
     load_launched_model,
     load_task_with_threshold,
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the threshold stored with the model (finetune --tune-threshold), else 0.5."
         ),
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    add_model_option(parser, "a model")
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
     parser.add_argument(
         "--out",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_column_options, naming_input, positive_int
+from biotransformer.cli.common import (
+    add_column_options,
+    add_model_option,
+    naming_input,
+    positive_int,
+)
 from biotransformer.outputs import add_overwrite_option, claim_run_directory
 
 
@@ -22,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "when it is a safe file name, else its safe characters plus a short hash."
         ),
     )
-    parser.add_argument(
-        "--model", required=True, metavar="DIR", help="a fine-tuned model directory"
-    )
+    add_model_option(parser, "a fine-tuned model")
     parser.add_argument("--input", required=True, metavar="FILE", help="FASTA/CSV/TSV sequences")
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="output directory (new or empty)"
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Explain the first records and write tables and plots."""
     from itertools import islice
 
-    from biotransformer.heads import load_model
+    from biotransformer.hub import load_model
     from biotransformer.io import read_sequences
     from biotransformer.saliency import explain, file_stem, write_saliency, write_saliency_index
 

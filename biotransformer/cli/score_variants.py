@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import positive_int
+from biotransformer.cli.common import add_model_option, positive_int
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mutant's prediction minus the wild type's. Writes one TSV row per variant."
         ),
     )
-    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    add_model_option(parser, "a model")
     parser.add_argument(
         "--reference", required=True, metavar="FILE.fasta", help="the reference sequence(s)"
     )
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, check, score and write the variants."""
-    from biotransformer.heads import load_model
+    from biotransformer.hub import load_model
     from biotransformer.variants import (
         read_reference,
         read_variants,

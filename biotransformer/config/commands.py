@@ -312,10 +312,10 @@ class FinetuneConfig:
     probability, drawn from (seed, epoch, index) (see ``strands``). ``rc_average`` (DNA,
     sequence-level tasks) scores validation, test and later predictions as the mean over both
     strands; it is stored in ``task.json`` as the model's default.
-    ``model_dir`` is a model directory, or ``hf:PATH`` / ``fair-esm:PATH`` converted into
-    ``output_dir/imported``. ``lora`` (``r=8,alpha=16``, see ``LoraSettings.parse``) trains
-    LoRA adapters and the head only, saves them to ``output_dir/adapter`` and merges them
-    into ``output_dir/model``.
+    ``model_dir`` is a model directory, or a Hub name / ``hf:PATH`` / ``fair-esm:PATH``
+    converted into ``output_dir/imported`` (``hub.import_model``). ``lora`` (``r=8,alpha=16``,
+    see ``LoraSettings.parse``) trains LoRA adapters and the head only, saves them to
+    ``output_dir/adapter`` and merges them into ``output_dir/model``.
     ``resume`` (``latest`` or a checkpoint folder) continues a run from its checkpoints
     (``training.save_every``, ``training.keep_last``); they are removed when the run ends.
     ``overwrite`` replaces an earlier run in ``output_dir`` (only the files it recorded as
@@ -344,9 +344,11 @@ class FinetuneConfig:
     model_dir: str | None = option(
         None,
         help="warm start from this model directory (e.g. a pretrained masked-LM), or from "
-        "hf:PATH (a local HuggingFace ESM directory) or fair-esm:PATH (an ESM-2 .pt file), "
-        "converted into OUT/imported; its tokenizer is used",
-        flag={"metavar": "DIR"},
+        "hf:ORG/NAME[@REVISION] (a HuggingFace Hub ESM model, through the HF cache; plain "
+        "ORG/NAME when no such local path exists), hf:PATH (a local HuggingFace ESM "
+        "directory) or fair-esm:PATH (an ESM-2 .pt file), converted into OUT/imported; its "
+        "tokenizer is used",
+        flag={"metavar": "MODEL"},
     )
     preset: str | None = option(
         None,
