@@ -97,9 +97,12 @@ class MaskedLMHeadConfig(HeadConfig):
     """``target_logits_only``: when ``labels`` are given, run the head only at the target
     positions (label not -100): the same loss for less work and memory, and ``logits`` is then
     (num_targets, vocab_size), rows in the order of ``labels != -100``. Without labels the
-    logits are always (B, T, vocab_size). ``ModelConfig.tie_embeddings`` ties the decoder."""
+    logits are always (B, T, vocab_size). ``ModelConfig.tie_embeddings`` ties the decoder.
+    ``contact_head``: the model also holds ESM-2's contact predictor (``ContactHead``), kept
+    when an ESM-2 checkpoint is imported; ``predict_contacts`` uses it."""
 
     target_logits_only: bool = False
+    contact_head: bool = False
 
 
 @dataclass
@@ -384,6 +387,33 @@ class MaskedLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden)))) + self.bias  # (B, T, V)
 
 
+class ContactHead(nn.Module):
+    """ESM-2's residue contact predictor (Rao et al. 2020): a logistic regression over the
+    attention maps of every layer and head, each symmetrised and average-product corrected."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.regression = nn.Linear(config.num_layers * config.num_heads, 1)
+
+    def forward(
+        self, attentions: tuple[torch.Tensor, ...], attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """P(contact) (B, T-2, T-2) between the tokens of each row but its first (``<cls>``)
+        and last (``<eos>``); ``attentions`` are (B, H, T, T) per layer. Padding and each
+        row's last real token are zeroed before the correction, as ESM does."""
+        maps = torch.stack(attentions, dim=1)  # (B, L, H, T, T)
+        B, L, H, T, _ = maps.shape
+        lengths = attention_mask.sum(dim=1)  # (B,)
+        keep = attention_mask.bool() & (torch.arange(T, device=maps.device) != lengths[:, None] - 1)
+        pair = (keep[:, :, None] & keep[:, None, :]).to(maps.dtype)  # (B, T, T)
+        maps = (maps * pair[:, None, None])[..., 1:-1, 1:-1].reshape(B, L * H, T - 2, T - 2)
+        maps = maps + maps.transpose(-1, -2)  # symmetrise
+        row, column = maps.sum(-1, keepdim=True), maps.sum(-2, keepdim=True)
+        maps = maps - row * column / maps.sum((-1, -2), keepdim=True)  # average product correction
+        logits = self.regression(maps.permute(0, 2, 3, 1).to(self.regression.weight.dtype))
+        return torch.sigmoid(logits.squeeze(-1))  # (B, T-2, T-2)
+
+
 class MaskedLM(BioTransformerModel):
     """Masked-token prediction; ``labels`` (B, T) hold the original ids at masked positions
     and -100 elsewhere. Logits are (B, T, vocab_size), or (num_targets, vocab_size) with
@@ -401,10 +431,28 @@ class MaskedLM(BioTransformerModel):
         if config.tie_embeddings:
             self.lm_head.decoder.weight = self.encoder.embed_tokens.weight
             self.tied_weight_keys = ("lm_head.decoder.weight",)
+        if self.head_config.contact_head:
+            self.contact_head = ContactHead(config)
 
     @property
     def task(self) -> TaskInfo:
         return TaskInfo("masked-lm")
+
+    @torch.no_grad()
+    def predict_contacts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """P(contact) (B, T-2, T-2) between the residues of rows ``<cls> ... <eos>`` (right
+        padded), from the contact head, as HuggingFace's ``EsmForMaskedLM.predict_contacts``."""
+        if not self.head_config.contact_head:
+            raise ConfigError(
+                "this model has no contact head. Fix: use an ESM-2 checkpoint imported with "
+                "biotransformer (hf:ORG/NAME, hf:PATH or fair-esm:PATH keep its contact head)"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoded = self.encoder(input_ids, attention_mask, output_attentions=True)
+        return self.contact_head(encoded.attentions, attention_mask)
 
     def forward(
         self,

@@ -38,6 +38,7 @@ HF_VOCAB_FILE = "vocab.txt"
 TOKENIZER_COPY = "biotransformer_tokenizer.json"
 HF_FILES = ("generation_config.json", HF_VOCAB_FILE, TOKENIZER_COPY)  # besides MODEL_FILES
 ESM_MASK_RATIO_TRAIN = 0.15 * 0.8  # ESM's <mask> share in pretraining, used by token dropout
+CONTACT_KEY = "esm.contact_head.regression.weight"
 HF_CLASSES = {
     "EsmForMaskedLM": MaskedLM,
     "EsmForSequenceClassification": SequenceClassifier,
@@ -122,11 +123,20 @@ def hf_names(model: BioTransformerModel) -> dict[str, list[str]]:
         mapping["lm_head.bias"] = ["lm_head.bias"]
         if not config.tie_embeddings:
             mapping["lm_head.decoder.weight"] = ["lm_head.decoder.weight"]
+        mapping.update(_contact_names(model, "esm.contact_head."))
     return mapping
 
 
-def fair_esm_names(config: ModelConfig) -> dict[str, list[str]]:
+def _contact_names(model: MaskedLM, prefix: str) -> dict[str, list[str]]:
+    """The contact head's keys, when ``model`` has one."""
+    if not model.head_config.contact_head:
+        return {}
+    return {f"contact_head.regression.{k}": [f"{prefix}regression.{k}"] for k in ("weight", "bias")}
+
+
+def fair_esm_names(model: MaskedLM) -> dict[str, list[str]]:
     """Our ``MaskedLM`` key -> fair-esm ``ESM2`` keys (its LM head is tied to the embedding)."""
+    config = model.config
     mapping = {
         "encoder.embed_tokens.weight": ["embed_tokens.weight"],
         "lm_head.bias": ["lm_head.bias"],
@@ -136,6 +146,7 @@ def fair_esm_names(config: ModelConfig) -> dict[str, list[str]]:
         mapping[f"lm_head.dense.{kind}"] = [f"lm_head.dense.{kind}"]
         mapping[f"lm_head.norm.{kind}"] = [f"lm_head.layer_norm.{kind}"]
     mapping.update(_layer_names(config, "layers.", FAIR_ESM_BLOCK))
+    mapping.update(_contact_names(model, "contact_head."))
     return mapping
 
 
@@ -210,20 +221,22 @@ def from_hf(
     directory = None
     if isinstance(source, (str, os.PathLike)):
         directory = Path(source)
-        hf_model, name = _read_hf_directory(transformers, directory)
+        hf_model, name, missing = _read_hf_directory(transformers, directory)
     else:
-        hf_model = source
+        hf_model, missing = source, []
         name = type(hf_model).__name__
         if name not in HF_CLASSES:
             raise ConfigError(f"{name} is not one of {list(HF_CLASSES)}")
     hf_config = hf_model.config
     config = config_from_hf(hf_config)
     model_class = HF_CLASSES[name]
+    state = {k: v.detach().cpu() for k, v in hf_model.state_dict().items()}
     if model_class is MaskedLM:
-        model: BioTransformerModel = MaskedLM(config)
+        model: BioTransformerModel = MaskedLM(
+            config, contact_head=_has_contact_head(state, missing, CONTACT_KEY)
+        )
     else:
         model = model_class(config, _label_head(hf_config, model_class))
-    state = {k: v.detach().cpu() for k, v in hf_model.state_dict().items()}
     unused = _load_mapped(model, state, hf_names(model))
     if unused:
         logger.info("checkpoint weights not imported: %s", unused)
@@ -240,9 +253,17 @@ HF_FIX = (
 )
 
 
-def _read_hf_directory(transformers: Any, directory: Path) -> tuple[Any, str]:
-    """The ``EsmFor...`` model saved in ``directory`` and its class name; a missing or
-    malformed file is a ``ModelDirectoryError`` naming the directory."""
+def _has_contact_head(state: dict[str, torch.Tensor], missing: list[str], key: str) -> bool:
+    """Whether a checkpoint holds a trained contact head: its regression weight is stored
+    (not initialised by transformers for want of one) and not all zero (what ``to_hf`` writes
+    for a model without one)."""
+    return key in state and key not in missing and bool(state[key].any())
+
+
+def _read_hf_directory(transformers: Any, directory: Path) -> tuple[Any, str, list[str]]:
+    """The ``EsmFor...`` model saved in ``directory``, its class name and the weights the
+    directory lacked; a missing or malformed file is a ``ModelDirectoryError`` naming the
+    directory."""
     if not directory.is_dir():
         raise ModelDirectoryError(f"{directory}: not a directory. Fix: {HF_FIX}")
     if not (directory / "config.json").is_file():
@@ -264,7 +285,10 @@ def _read_hf_directory(transformers: Any, directory: Path) -> tuple[Any, str]:
     if name not in HF_CLASSES:
         raise ConfigError(f"{directory}: {name} is not one of {list(HF_CLASSES)}")
     try:
-        return getattr(transformers, name).from_pretrained(directory), name
+        model, info = getattr(transformers, name).from_pretrained(
+            directory, output_loading_info=True
+        )
+        return model, name, list(info["missing_keys"])
     except Exception as error:  # missing or truncated weights, shapes unlike config.json
         raise ModelDirectoryError(
             f"{directory}: its weights cannot be loaded ({type(error).__name__}: "
@@ -382,13 +406,13 @@ def from_fair_esm(path: str | os.PathLike[str]) -> MaskedLM:
             f"{path}: not a fair-esm ESM-2 checkpoint (expected cfg.model and model "
             f"entries: {what}). Fix: {fix}"
         ) from None
-    model = MaskedLM(config)
+    model = MaskedLM(
+        config, contact_head=_has_contact_head(state, [], "contact_head.regression.weight")
+    )
     try:
-        unused = _load_mapped(model, state, fair_esm_names(config))
+        unused = _load_mapped(model, state, fair_esm_names(model))
     except (ModelDirectoryError, ConfigError, RuntimeError) as error:
         raise ModelDirectoryError(f"{path}: {_first_line(error)}. Fix: {fix}") from None
-    model = MaskedLM(config)
-    unused = _load_mapped(model, state, fair_esm_names(config))
     if unused:
         logger.info("checkpoint weights not imported: %s", unused)
     model.tokenizer = Tokenizer.from_spec("protein")
@@ -507,6 +531,9 @@ def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path
         )
     hf_config = config_to_hf(model)
     hf_model = getattr(transformers, hf_config.architectures[0])(hf_config)
+    if hasattr(hf_model.esm, "contact_head"):  # zero when ours has none: imports as none
+        torch.nn.init.zeros_(hf_model.esm.contact_head.regression.weight)
+        torch.nn.init.zeros_(hf_model.esm.contact_head.regression.bias)
     missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq") and "contact_head" not in k]
     if missing or unexpected:

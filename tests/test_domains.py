@@ -579,9 +579,10 @@ def fair_esm_file(path: Path, **changes: object) -> Path:
         pad_id=1,
         mask_id=32,
     )
-    ours = MaskedLM(config).state_dict()
+    model = MaskedLM(config)
+    ours = model.state_dict()
     state = {}
-    for key, theirs in fair_esm_names(config).items():
+    for key, theirs in fair_esm_names(model).items():
         for name, part in zip(theirs, torch.chunk(ours[key], len(theirs)), strict=True):
             state[f"encoder.sentence_encoder.{name}"] = part.clone()
     cfg = argparse_module.Namespace(

@@ -14,6 +14,7 @@ from biotransformer import interop
 from biotransformer.config import ModelConfig
 from biotransformer.errors import ConfigError
 from biotransformer.heads import MaskedLM, SequenceClassifier, TokenClassifier, load_model
+from biotransformer.tokenizers import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,6 +67,40 @@ def assert_parity(theirs, ours, ids: torch.Tensor, attention_mask: torch.Tensor)
     assert len(expected.hidden_states) == len(got.hidden_states)
     for a, b in zip(expected.hidden_states, got.hidden_states, strict=True):
         assert (a - b).abs().max() < TOL
+
+
+def protein_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three proteins as our tokenizer writes them (<cls> ... <eos>, right padded)."""
+    tokenizer = Tokenizer.from_spec("protein")
+    rows = [tokenizer.encode(s) for s in ("MKTAYIAKQRQISFVKSHF", "GAVLIWMKKE", "MSTNPKPQR")]
+    ids = torch.full((3, max(map(len, rows))), PAD)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row)
+    return ids, (ids != PAD).long()
+
+
+def test_contact_maps_match_hf_predict_contacts_and_survive_export(tmp_path):
+    hf = randomised(transformers.EsmForMaskedLM(esm_config(num_hidden_layers=3)))
+    hf.set_attn_implementation("eager")  # attention maps come from the eager path only
+    ours = interop.from_hf(hf)
+    assert ours.head_config.contact_head
+    ids, attention_mask = protein_batch()
+    with torch.no_grad():
+        expected = hf.predict_contacts(ids, attention_mask)
+    got = ours.predict_contacts(ids, attention_mask)
+    assert got.shape == expected.shape == (3, ids.shape[1] - 2, ids.shape[1] - 2)
+    assert (expected - got).abs().max() < TOL
+    assert torch.allclose(got, got.transpose(1, 2))
+    ours.save_pretrained(tmp_path / "bt")
+    reloaded = load_model(tmp_path / "bt")
+    assert torch.equal(reloaded.predict_contacts(ids, attention_mask), got)
+    interop.to_hf(reloaded, tmp_path / "hf")
+    back = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
+    back.eval()
+    with torch.no_grad():
+        assert (back.predict_contacts(ids, attention_mask) - got).abs().max() < TOL
+    with pytest.raises(ConfigError, match="no contact head"):
+        MaskedLM(ours.config).predict_contacts(ids, attention_mask)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +202,10 @@ def test_fair_esm_checkpoint_parity(token_dropout, tmp_path):
     assert (expected["logits"] - got.logits).abs().max() < TOL
     for layer, hidden in enumerate(got.hidden_states):
         assert (expected["representations"][layer] - hidden).abs().max() < TOL
+    ids, attention_mask = protein_batch()
+    with torch.no_grad():
+        contacts = reference(ids, return_contacts=True)["contacts"]
+    assert (contacts - ours.predict_contacts(ids, attention_mask)).abs().max() < TOL
 
 
 @pytest.mark.parametrize("seed", range(40))
