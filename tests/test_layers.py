@@ -61,6 +61,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.variants": "workflows",
     "biotransformer.saliency": "workflows",
     "biotransformer.visualize": "workflows",
+    "biotransformer.contacts": "workflows",
     "biotransformer.baselines": "workflows",
     "biotransformer.quickstart": "workflows",
     "biotransformer.dataset_cards": "workflows",

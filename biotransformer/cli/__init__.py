@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "predict",
     "embed",
+    "predict_contacts",
     "score_variants",
     "saliency",
     "quickstart",
