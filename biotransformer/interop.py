@@ -1,10 +1,12 @@
-"""Import and export ESM-2 and Nucleotide Transformer checkpoints held in local files.
+"""Import and export ESM-2, Nucleotide Transformer and ESM C checkpoints held in local files.
 
 ``from_hf`` reads HuggingFace ``EsmForMaskedLM`` / ``EsmForSequenceClassification`` /
-``EsmForTokenClassification`` (a directory or a loaded model), ``from_fair_esm`` a fair-esm
-ESM-2 ``.pt`` file, and ``to_hf`` writes a directory that ``transformers`` loads with its own
-ESM classes. Weights map one to one: ESM's separate query, key and value projections become
-our fused ``qkv``, and every other tensor keeps its shape. Nothing here touches the network:
+``EsmForTokenClassification`` and their ESM C counterparts ``EsmcFor...`` (a directory or a
+loaded model), ``from_fair_esm`` a fair-esm ESM-2 ``.pt`` file, and ``to_hf`` writes a
+directory that ``transformers`` loads with its own ESM or ESM C classes (ESM C for a model
+with ``qk_norm``). Weights map one to one: separate query, key and value projections become
+our fused ``qkv``, ESM C's gate and up projections our fused SwiGLU ``ffn.up``, and every
+other tensor keeps its shape. Nothing here touches the network:
 ``hub`` finds Hub checkpoints in the HuggingFace cache and hands their directories here.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import pickle
 from pathlib import Path
@@ -39,11 +42,16 @@ TOKENIZER_COPY = "biotransformer_tokenizer.json"
 HF_FILES = ("generation_config.json", HF_VOCAB_FILE, TOKENIZER_COPY)  # besides MODEL_FILES
 ESM_MASK_RATIO_TRAIN = 0.15 * 0.8  # ESM's <mask> share in pretraining, used by token dropout
 CONTACT_KEY = "esm.contact_head.regression.weight"
-HF_CLASSES = {
-    "EsmForMaskedLM": MaskedLM,
-    "EsmForSequenceClassification": SequenceClassifier,
-    "EsmForTokenClassification": TokenClassifier,
+HEAD_SUFFIXES = {
+    MaskedLM: "ForMaskedLM",
+    SequenceClassifier: "ForSequenceClassification",
+    TokenClassifier: "ForTokenClassification",
 }
+HF_CLASSES = {
+    f"{family}{suffix}": cls for family in ("Esm", "Esmc") for cls, suffix in HEAD_SUFFIXES.items()
+}
+MODEL_TYPES = ("esm", "esmc")
+ESMC_NORM_EPS = 1e-5  # ESM C's LayerNorms keep torch's default eps
 
 
 def require_transformers() -> Any:
@@ -100,9 +108,74 @@ FAIR_ESM_BLOCK = {
 }
 
 
-def hf_names(model: BioTransformerModel) -> dict[str, list[str]]:
-    """Our state-dict key -> the HuggingFace ESM keys it is made of (several for qkv)."""
+ESMC_BLOCK = {
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.out": "self_attn.o_proj",
+    "attn.q_norm": "self_attn.q_norm",
+    "attn.k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn.gate": "mlp.gate_proj",
+    "ffn.value": "mlp.up_proj",
+    "ffn.down": "mlp.down_proj",
+}
+
+
+def is_esmc(config: ModelConfig) -> bool:
+    """Whether ``config`` is of the ESM C family (q/k norms), exported as ``EsmcFor...``."""
+    return config.qk_norm
+
+
+def esmc_names(model: BioTransformerModel) -> dict[str, list[str]]:
+    """Our state-dict key -> the HuggingFace ESM C keys it is made of: ESM C has no biases
+    but in its block LayerNorms and its heads."""
     config = model.config
+    mapping = {
+        "encoder.embed_tokens.weight": ["esmc.embed_tokens.weight"],
+        "encoder.final_norm.weight": ["esmc.norm.weight"],
+    }
+    for i in range(config.num_layers):
+        ours, theirs = f"encoder.layers.{i}.", f"esmc.layers.{i}."
+        block = {f"{ours}{k}.weight": [f"{theirs}{v}.weight"] for k, v in ESMC_BLOCK.items()}
+        block[f"{ours}attn.qkv.weight"] = [
+            *block.pop(f"{ours}attn.q.weight"),
+            *block.pop(f"{ours}attn.k.weight"),
+            *block.pop(f"{ours}attn.v.weight"),
+        ]
+        block[f"{ours}ffn.up.weight"] = [
+            *block.pop(f"{ours}ffn.gate.weight"),
+            *block.pop(f"{ours}ffn.value.weight"),
+        ]
+        for module in ("attn_norm", "ffn_norm"):
+            block[f"{ours}{module}.bias"] = [f"{theirs}{ESMC_BLOCK[module]}.bias"]
+        mapping.update(block)
+    heads = {
+        MaskedLM: {
+            "lm_head.dense": "lm_head.dense",
+            "lm_head.norm": "lm_head.layer_norm",
+            "lm_head.decoder.weight": "lm_head.decoder.weight",
+            "lm_head.bias": "lm_head.decoder.bias",
+        },
+        SequenceClassifier: {"dense": "classifier.dense", "classifier": "classifier.out_proj"},
+        TokenClassifier: {"classifier": "score"},
+    }[type(model)]
+    for ours, theirs in heads.items():
+        if ours.endswith(("weight", "bias")):
+            mapping[ours] = [theirs]
+        else:
+            for kind in ("weight", "bias"):
+                mapping[f"{ours}.{kind}"] = [f"{theirs}.{kind}"]
+    return mapping
+
+
+def hf_names(model: BioTransformerModel) -> dict[str, list[str]]:
+    """Our state-dict key -> the HuggingFace ESM (or ESM C) keys it is made of (several for
+    qkv, and for ESM C's SwiGLU)."""
+    config = model.config
+    if is_esmc(config):
+        return esmc_names(model)
     mapping = {"encoder.embed_tokens.weight": ["esm.embeddings.word_embeddings.weight"]}
     if config.position == "learned":
         mapping["encoder.embed_positions.weight"] = ["esm.embeddings.position_embeddings.weight"]
@@ -174,7 +247,10 @@ def _load_mapped(
 
 
 def config_from_hf(hf_config: Any) -> ModelConfig:
-    """The ModelConfig that computes what a HuggingFace ``EsmConfig`` computes."""
+    """The ModelConfig that computes what a HuggingFace ``EsmConfig`` (or ``EsmcConfig``)
+    computes."""
+    if hf_config.model_type == "esmc":
+        return config_from_esmc(hf_config)
     if getattr(hf_config, "is_folding_model", False) or getattr(hf_config, "is_decoder", False):
         raise ConfigError("only ESM encoders import (not ESMFold, not decoders)")
     kind = hf_config.position_embedding_type
@@ -208,14 +284,64 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
     )
 
 
+def config_from_esmc(hf_config: Any) -> ModelConfig:
+    """The ModelConfig that computes what a HuggingFace ``EsmcConfig`` computes: pre-LN
+    blocks with q/k LayerNorms, rotary positions, SwiGLU, bias-free linears, each sublayer's
+    output divided by sqrt(layers / 36), a final LayerNorm without bias, an untied decoder."""
+    rope = dict(hf_config.rope_parameters or {})
+    problems = {
+        "rope_parameters.rope_type": rope.get("rope_type", "default") != "default",
+        "hidden_act": hf_config.hidden_act != "silu",
+        "attention_bias": bool(hf_config.attention_bias),
+        "mlp_bias": bool(hf_config.mlp_bias),
+        "head_dim": hf_config.head_dim * hf_config.num_attention_heads != hf_config.hidden_size,
+        "tie_word_embeddings": bool(hf_config.tie_word_embeddings),
+        "pad_token_id": hf_config.pad_token_id is None,
+    }
+    for name, problem in problems.items():
+        if problem:
+            raise ConfigError(
+                f"ESM C config {name} = {getattr(hf_config, name.split('.')[0])!r} has no "
+                "equivalent here"
+            )
+    return ModelConfig(
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads,
+        ffn_size=hf_config.intermediate_size,
+        attention_dropout=float(hf_config.attention_dropout or 0.0),
+        max_length=hf_config.max_position_embeddings,
+        position="rotary",
+        activation="swiglu",
+        layer_norm_eps=ESMC_NORM_EPS,
+        tie_embeddings=False,
+        pad_id=hf_config.pad_token_id,
+        bias=False,
+        rotary_base=float(rope.get("rope_theta", 10000.0)),
+        initializer_range=float(hf_config.initializer_range),
+        mask_id=hf_config.mask_token_id,
+        qk_norm=True,
+        residual_scale=esmc_residual_scale(hf_config.num_hidden_layers),
+        final_norm_bias=False,
+    )
+
+
+def esmc_residual_scale(num_layers: int) -> float:
+    """ESM C's residual scaling (from ESM3): each sublayer's output is divided by this."""
+    return math.sqrt(num_layers / 36)
+
+
 def from_hf(
     source: str | os.PathLike[str] | Any, *, tokenizer: Tokenizer | None = None
 ) -> BioTransformerModel:
-    """Our model equal to a HuggingFace ESM model: a directory or an ``EsmFor...`` instance.
+    """Our model equal to a HuggingFace ESM or ESM C model: a directory or an ``EsmFor...`` /
+    ``EsmcFor...`` instance.
 
     The tokenizer comes from ``tokenizer``, else the directory (our copy, or ``vocab.txt``:
     ESM-2's alphabet, or a Nucleotide Transformer 6-mer vocabulary), else ESM-2's alphabet
-    when the vocabulary has its 33 tokens; else the model has none (a warning says so).
+    when the vocabulary has its 33 tokens, or ESM C's for an ESM C model; else the model has
+    none (a warning says so).
     """
     transformers = require_transformers()
     directory = None
@@ -247,8 +373,8 @@ def from_hf(
 
 
 HF_FIX = (
-    "pass a local HuggingFace ESM directory (config.json with model_type 'esm' and "
-    "model.safetensors or pytorch_model.bin), as transformers' save_pretrained or "
+    "pass a local HuggingFace ESM or ESM C directory (config.json with model_type 'esm' or "
+    "'esmc' and model.safetensors), as transformers' save_pretrained or "
     "'biotransformer convert --to hf' writes it"
 )
 
@@ -275,12 +401,14 @@ def _read_hf_directory(transformers: Any, directory: Path) -> tuple[Any, str, li
             f"{directory / 'config.json'}: cannot be read by transformers "
             f"({type(error).__name__}: {_first_line(error)}). Fix: {HF_FIX}"
         ) from None
-    if getattr(hf_config, "model_type", None) != "esm":
+    if getattr(hf_config, "model_type", None) not in MODEL_TYPES:
         raise ModelDirectoryError(
-            f"{directory / 'config.json'}: model_type {hf_config.model_type!r} is not 'esm'; only "
-            f"ESM-2 and Nucleotide Transformer checkpoints import. Fix: {HF_FIX}"
+            f"{directory / 'config.json'}: model_type {hf_config.model_type!r} is not one of "
+            f"{list(MODEL_TYPES)}; only ESM-2, Nucleotide Transformer and ESM C checkpoints "
+            f"import. Fix: {HF_FIX}"
         )
-    architectures = getattr(hf_config, "architectures", None) or ["EsmForMaskedLM"]
+    default = "EsmcForMaskedLM" if hf_config.model_type == "esmc" else "EsmForMaskedLM"
+    architectures = getattr(hf_config, "architectures", None) or [default]
     name = architectures[0]
     if name not in HF_CLASSES:
         raise ConfigError(f"{directory}: {name} is not one of {list(HF_CLASSES)}")
@@ -323,9 +451,19 @@ def _hf_tokenizer(directory: Path | None, config: ModelConfig) -> Tokenizer | No
     if directory is not None and (directory / HF_VOCAB_FILE).is_file():
         tokens = (directory / HF_VOCAB_FILE).read_text().split()
         return tokenizer_from_vocab(tokens)
+    if is_esmc(config):
+        return esmc_tokenizer(config.vocab_size)
     if config.vocab_size == len(ESM2_TOKENS) and config.pad_id == ESM2_TOKENS.index("<pad>"):
         return Tokenizer.from_spec("protein")
     return None
+
+
+def esmc_tokenizer(vocab_size: int) -> Tokenizer:
+    """ESM C's alphabet with its ids: ESM-2's 33 tokens with the chain break ``|`` in place of
+    ``<null_1>``, padded to the model's ``vocab_size`` with unused tokens."""
+    tokens = ["|" if token == "<null_1>" else token for token in ESM2_TOKENS]
+    tokens += [f"<unused_{i}>" for i in range(len(tokens), vocab_size)]
+    return Tokenizer.from_spec("protein", vocabulary=tokens)
 
 
 def tokenizer_from_vocab(tokens: list[str]) -> Tokenizer:
@@ -432,15 +570,32 @@ def _strip_fair_esm_prefix(key: str) -> str:
 
 
 def hf_blocker(model: BioTransformerModel) -> str | None:
-    """Why ``model`` cannot be written as a HuggingFace ESM model, or None if it can."""
+    """Why ``model`` cannot be written as a HuggingFace ESM model (ESM C with ``qk_norm``),
+    or None if it can."""
     config = model.config
-    blockers = {
-        "position": config.position not in ("rotary", "learned"),
-        "norm": config.norm != "pre",
-        "activation": config.activation != "gelu",
-        "bias": not config.bias,
-        "pad_id": config.pad_id is None,
-    }
+    if is_esmc(config):
+        blockers = {
+            "position": config.position != "rotary",
+            "activation": config.activation != "swiglu",
+            "bias": config.bias,
+            "final_norm_bias": config.final_norm_bias,
+            "residual_scale": not math.isclose(
+                config.residual_scale, esmc_residual_scale(config.num_layers)
+            ),
+            "layer_norm_eps": config.layer_norm_eps != ESMC_NORM_EPS,
+            "token_dropout": config.token_dropout,
+            "embedding_layer_norm": config.embedding_layer_norm,
+            "tie_embeddings": isinstance(model, MaskedLM) and config.tie_embeddings,
+        }
+    else:
+        blockers = {
+            "position": config.position not in ("rotary", "learned"),
+            "activation": config.activation != "gelu",
+            "bias": not config.bias,
+            "final_norm_bias": not config.final_norm_bias,
+            "residual_scale": config.residual_scale != 1.0,
+        }
+    blockers |= {"norm": config.norm != "pre", "pad_id": config.pad_id is None}
     for option, blocked in blockers.items():
         if blocked:
             return f"ModelConfig.{option} = {getattr(config, option)!r}"
@@ -457,7 +612,8 @@ def hf_blocker(model: BioTransformerModel) -> str | None:
 
 
 def config_to_hf(model: BioTransformerModel) -> Any:
-    """The HuggingFace ``EsmConfig`` of ``model`` (see ``hf_blocker`` for what cannot be)."""
+    """The HuggingFace ``EsmConfig`` (``EsmcConfig`` with ``qk_norm``) of ``model`` (see
+    ``hf_blocker`` for what cannot be)."""
     transformers = require_transformers()
     config = model.config
     learned = config.position == "learned"
@@ -472,6 +628,24 @@ def config_to_hf(model: BioTransformerModel) -> Any:
             if head.problem_type == "multi_label"
             else "single_label_classification",
         }
+    family = "Esmc" if is_esmc(config) else "Esm"
+    extra["architectures"] = [f"{family}{HEAD_SUFFIXES[type(model)]}"]
+    if is_esmc(config):
+        return transformers.EsmcConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            intermediate_size=config.ffn_size,
+            attention_dropout=config.attention_dropout,
+            max_position_embeddings=config.max_length,
+            rope_parameters={"rope_type": "default", "rope_theta": config.rotary_base},
+            initializer_range=config.initializer_range,
+            pad_token_id=config.pad_id,
+            mask_token_id=config.mask_id,
+            tie_word_embeddings=False,
+            **extra,
+        )
     return transformers.EsmConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -490,7 +664,6 @@ def config_to_hf(model: BioTransformerModel) -> Any:
         token_dropout=config.token_dropout,
         emb_layer_norm_before=config.embedding_layer_norm,
         tie_word_embeddings=config.tie_embeddings,
-        architectures=[next(k for k, v in HF_CLASSES.items() if v is type(model))],
         **extra,
     )
 
@@ -514,9 +687,9 @@ def hf_state_dict(model: BioTransformerModel) -> dict[str, torch.Tensor]:
 
 
 def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a HuggingFace ESM directory (``config.json``, weights, ``vocab.txt``
-    and our tokenizer as ``biotransformer_tokenizer.json``), loadable by ``transformers``
-    alone. Raises ``ConfigError`` naming the option that ESM cannot express."""
+    """Write ``model`` as a HuggingFace ESM directory (ESM C with ``qk_norm``: ``config.json``,
+    weights, ``vocab.txt`` and our tokenizer as ``biotransformer_tokenizer.json``), loadable by
+    ``transformers`` alone. Raises ``ConfigError`` naming the option ESM cannot express."""
     transformers = require_transformers()
     blocker = hf_blocker(model)
     if blocker is not None:
@@ -531,9 +704,10 @@ def to_hf(model: BioTransformerModel, directory: str | os.PathLike[str]) -> Path
         )
     hf_config = config_to_hf(model)
     hf_model = getattr(transformers, hf_config.architectures[0])(hf_config)
-    if hasattr(hf_model.esm, "contact_head"):  # zero when ours has none: imports as none
-        torch.nn.init.zeros_(hf_model.esm.contact_head.regression.weight)
-        torch.nn.init.zeros_(hf_model.esm.contact_head.regression.bias)
+    contact_head = getattr(getattr(hf_model, "esm", None), "contact_head", None)
+    if contact_head is not None:  # zero when ours has none: imports as none
+        torch.nn.init.zeros_(contact_head.regression.weight)
+        torch.nn.init.zeros_(contact_head.regression.bias)
     missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq") and "contact_head" not in k]
     if missing or unexpected:

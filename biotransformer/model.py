@@ -108,6 +108,10 @@ class SelfAttention(nn.Module):
         self.dropout = config.attention_dropout
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.bias)
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:  # ESM C: queries and keys normalised over all heads at once
+            self.q_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=False)
+            self.k_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=False)
 
     def forward(
         self,
@@ -119,7 +123,11 @@ class SelfAttention(nn.Module):
         """``attn_mask``: None, boolean (True = attend) or an additive float bias,
         broadcastable to (B, H, T, T). Returns the output and, on request, the weights."""
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_size)
+        qkv = self.qkv(x)  # (B, T, 3C)
+        if self.qk_norm:
+            q, k, v = qkv.split(C, dim=-1)
+            qkv = torch.cat((self.q_norm(q), self.k_norm(k), v), dim=-1)
+        qkv = qkv.view(B, T, 3, self.num_heads, self.head_size)
         qk, v = qkv.split((2, 1), dim=2)  # (B, T, 2, H, hs), (B, T, 1, H, hs)
         v = v.squeeze(2).transpose(1, 2)  # (B, H, T, hs)
         if rotary is not None:
@@ -178,11 +186,14 @@ class FeedForward(nn.Module):
 
 class Block(nn.Module):
     """One Transformer layer: attention then feed-forward, each with a residual connection.
-    Pre-LN normalises each sublayer's input; post-LN (the original paper) its residual sum."""
+    Pre-LN normalises each sublayer's input; post-LN (the original paper) its residual sum.
+    Each sublayer's output is divided by ``residual_scale`` before it joins the residual
+    (1: not at all; ESM C: sqrt(num_layers / 36))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.pre_norm = config.norm == "pre"
+        self.residual_scale = config.residual_scale
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = SelfAttention(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -198,13 +209,18 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pre_norm:
             h, weights = self.attn(self.attn_norm(x), attn_mask, rotary, need_weights)
-            x = x + self.dropout(h)
-            x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+            x = x + self.residual(h)
+            x = x + self.residual(self.ffn(self.ffn_norm(x)))
         else:
             h, weights = self.attn(x, attn_mask, rotary, need_weights)
-            x = self.attn_norm(x + self.dropout(h))
-            x = self.ffn_norm(x + self.dropout(self.ffn(x)))
+            x = self.attn_norm(x + self.residual(h))
+            x = self.ffn_norm(x + self.residual(self.ffn(x)))
         return x, weights
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        """A sublayer's output as it joins the residual stream: dropout, then the scale."""
+        h = self.dropout(h)
+        return h if self.residual_scale == 1.0 else h / self.residual_scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +279,7 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.final_norm_bias)
             if config.norm == "pre"
             else nn.Identity()
         )

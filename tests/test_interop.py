@@ -4,6 +4,7 @@ random tiny models, round trips, and clear refusals."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import random
 
@@ -299,3 +300,84 @@ def test_cli_convert_imports_and_exports(tmp_path, capsys):
     argv = ["convert", "--from", "biotransformer", str(tmp_path / "alibi"), "--to", "hf"]
     assert main([*argv, "--out", str(tmp_path / "no")]) == 2
     assert "ModelConfig.position = 'alibi'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ ESM C
+
+
+def esmc_config(**overrides) -> transformers.EsmcConfig:
+    values = dict(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
+    return transformers.EsmcConfig(**{**values, **overrides})
+
+
+def esmc_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Proteins as ESM C's own tokenizer writes them (right padded), one with a <mask>."""
+    from transformers.models.esmc.tokenization_esmc import EsmcTokenizer
+
+    batch = EsmcTokenizer()(
+        ["MKTAYIAKQRQISFVKSHF", "GAVLIW<mask>KKE", "MSTNPK"], padding=True, return_tensors="pt"
+    )
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def assert_esmc_parity(theirs, ours, ids, attention_mask) -> None:
+    """Logits and the last hidden state within 1e-5 at every real token (padding positions
+    are masked out of attention in both, but ESM C leaves their own outputs unzeroed)."""
+    real = attention_mask.bool()
+    with torch.no_grad():
+        expected = theirs(ids, attention_mask=attention_mask, output_hidden_states=True)
+        got = ours(ids, attention_mask=attention_mask, output_hidden_states=True)
+        base = theirs.esmc(ids, attention_mask=attention_mask).last_hidden_state
+    assert (expected.logits - got.logits)[real if got.logits.dim() == 3 else ...].abs().max() < TOL
+    assert (base - got.hidden_states[-1])[real].abs().max() < TOL
+
+
+@pytest.mark.parametrize("hf_class", ["EsmcForMaskedLM", "EsmcForSequenceClassification"])
+def test_esmc_parity_and_round_trip(hf_class, tmp_path):
+    hf = randomised(getattr(transformers, hf_class)(esmc_config(num_labels=3)))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = interop.from_hf(tmp_path / "hf")
+    config = ours.config
+    assert config.qk_norm and not config.bias and config.activation == "swiglu"
+    assert config.residual_scale == pytest.approx((3 / 36) ** 0.5)
+    ids, attention_mask = esmc_batch()
+    assert ours.tokenizer.encode("MKTAYIAKQRQISFVKSHF").tolist() == ids[0].tolist()
+    assert_esmc_parity(hf, ours, ids, attention_mask)
+    ours.save_pretrained(tmp_path / "bt")
+    interop.to_hf(load_model(tmp_path / "bt"), tmp_path / "back")
+    back = getattr(transformers, hf_class).from_pretrained(tmp_path / "back").eval()
+    assert_esmc_parity(back, ours, ids, attention_mask)
+    again = interop.from_hf(tmp_path / "back")
+    mine, theirs = ours.state_dict(), again.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[key], theirs[key]) for key in mine)
+
+
+def test_esmc_tokenizer_is_transformers_own():
+    from transformers.models.esmc.tokenization_esmc import SEQUENCE_VOCAB
+
+    ours = interop.esmc_tokenizer(64)
+    assert ours.tokens[: len(SEQUENCE_VOCAB)] == list(SEQUENCE_VOCAB)
+    assert ours.vocab_size == 64 and ours.pad_id == 1 and ours.mask_id == 32
+
+
+@pytest.mark.parametrize(
+    ("change", "option"),
+    [
+        ({"final_norm_bias": True}, "final_norm_bias"),
+        ({"residual_scale": 1.0}, "residual_scale"),
+        ({"bias": True}, "bias"),
+    ],
+)
+def test_esmc_export_refusal_names_the_option(change, option, tmp_path):
+    hf = transformers.EsmcForMaskedLM(esmc_config())
+    config = dataclasses.replace(interop.from_hf(hf).config, **change)
+    with pytest.raises(ConfigError, match=f"ModelConfig.{option} = "):
+        interop.to_hf(MaskedLM(config), tmp_path / "out")

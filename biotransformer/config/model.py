@@ -34,6 +34,12 @@ class ModelConfig:
     ``embedding_layer_norm`` normalises the embeddings before the first block;
     ``position_offset`` shifts ``learned`` positions so that token ``t`` reads row
     ``position_offset + t`` (ESM: ``pad_id + 1``).
+
+    Options that reproduce ESM C: ``qk_norm`` normalises queries and keys (a LayerNorm without
+    bias over all heads) before rotary positions; ``residual_scale`` divides each sublayer's
+    output before the residual sum (ESM C: sqrt(num_layers / 36)); ``final_norm_bias = False``
+    drops the bias of the final LayerNorm. With ``activation = "swiglu"`` and ``bias = False``
+    they make ESM C's block.
     """
 
     vocab_size: int
@@ -59,6 +65,9 @@ class ModelConfig:
     token_dropout_ratio: float = 0.12
     embedding_layer_norm: bool = False
     position_offset: int = 0
+    qk_norm: bool = False
+    residual_scale: float = 1.0
+    final_norm_bias: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,7 +117,7 @@ class ModelConfig:
                 f"ModelConfig.pad_id = {self.pad_id} is outside the vocabulary "
                 f"(vocab_size = {self.vocab_size})"
             )
-        for name in ("layer_norm_eps", "rotary_base", "initializer_range"):
+        for name in ("layer_norm_eps", "rotary_base", "initializer_range", "residual_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ModelConfig.{name} = {getattr(self, name)} must be > 0")
         if self.mask_id is not None and not 0 <= self.mask_id < self.vocab_size:
