@@ -167,6 +167,7 @@ def pretrain(*extra: str, out: str = "pt") -> tuple[str, ...]:
 PREDICT = ("predict", "--model", "clf", "--input", "seqs.fa")
 EVALUATE = ("evaluate", "--model", "clf", "--data", "data.csv", "--bootstrap", "0")
 EMBED = ("embed", "--model", "clf", "--input", "seqs.fa")
+CONTACTS = ("predict-contacts", "--model", "clf", "--input", "seqs.fa")
 SCORE = ("score-variants", "--model", "clf", "--reference", "ref.fa", "--variants", "variants.tsv")
 SALIENCY = ("saliency", "--model", "clf", "--input", "seqs.fa", "--max-records", "2")
 PLOT_EMB = ("plot-embeddings", "--model", "clf", "--data", "seqs.fa", "--label-from", "key:label")
@@ -235,6 +236,7 @@ def destroy_cases() -> list[Case]:
 
     return [
         case("predict-out-is-input", [*PREDICT, "--out", "seqs.fa"], ["seqs.fa"]),
+        case("predict-contacts-out-is-input", [*CONTACTS, "--out", "seqs.fa"], ["seqs.fa"]),
         case("predict-out-is-config", [*PREDICT, "--out", "clf/config.json"], ["config.json"]),
         case(
             "predict-out-is-symlink",
@@ -401,6 +403,7 @@ def domain_cases() -> list[Case]:
         ("predict", PREDICT, ("--out", "p.tsv")),
         ("evaluate", EVALUATE, ("--metrics-out", "p.tsv")),
         ("embed", EMBED, ("--out", "p.tsv")),
+        ("predict-contacts", CONTACTS, ("--out", "p.tsv")),
         ("plot-embeddings", PLOT_EMB, ("--out", "p.tsv")),
         ("score-variants", SCORE, ("--out", "p.tsv")),
     ):
@@ -830,6 +833,9 @@ def misc_cases() -> list[Case]:
 
     return [
         case("embed-out-dash", [*EMBED, "--out", "-"], ["--out"]),
+        case("predict-contacts-out-dash", [*CONTACTS, "--out", "-"], ["--out"]),
+        case("predict-contacts-without-contact-head", [*CONTACTS, "--out", "c.h5"],
+             ["no contact head"], ["c.h5"]),
         case("plot-attention-out-dash", [*PLOT_ATT, "--out", "-"], ["--out"]),
         case("plot-embeddings-out-dash", [*PLOT_EMB, "--out", "-"], ["--out"]),
         Case("predict-out-dash-is-stdout", "misc", (*PREDICT, "--out", "-"), accepted=True,
