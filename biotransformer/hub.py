@@ -119,6 +119,7 @@ def _hub_source(text: str, repo_id: str, revision: str | None) -> ModelSource:
         ) from None
     offline = constants.is_offline_mode()
     where = f"{repo_id}@{revision or 'main'}"
+    local = "" if text.startswith(HUB_PREFIX) else f"no local path {text} exists, and "
     try:
         snapshot = Path(
             snapshot_download(
@@ -135,8 +136,8 @@ def _hub_source(text: str, repo_id: str, revision: str | None) -> ModelSource:
         ) from None
     except RepositoryNotFoundError:
         raise ModelDirectoryError(
-            f"{text}: no Hub repository {repo_id} (or it is private). Fix: check the name; for a "
-            "private or gated model run `hf auth login` first"
+            f"{text}: {local}there is no Hub repository {repo_id} (or it is private). Fix: check "
+            "the path or name; for a private or gated model run `hf auth login` first"
         ) from None
     except IncompleteSnapshotError as error:
         raise ModelDirectoryError(
@@ -144,7 +145,6 @@ def _hub_source(text: str, repo_id: str, revision: str | None) -> ModelSource:
             "interrupted download left out. Fix: fetch it again online (unset HF_HUB_OFFLINE)"
         ) from None
     except LocalEntryNotFoundError:
-        local = "" if text.startswith(HUB_PREFIX) else f"no local path {text} exists, and "
         state = "HF_HUB_OFFLINE=1 is set" if offline else "the Hub cannot be reached"
         raise ModelDirectoryError(
             f"{text}: {local}{where} is not in the HuggingFace cache ({constants.HF_HUB_CACHE}) "
@@ -153,8 +153,9 @@ def _hub_source(text: str, repo_id: str, revision: str | None) -> ModelSource:
         ) from None
     except (HfHubHTTPError, OSError) as error:
         raise ModelDirectoryError(
-            f"{text}: fetching {where} failed ({type(error).__name__}: {error}). Fix: check the "
-            "network, or run with HF_HUB_OFFLINE=1 on a cache that holds the model"
+            f"{text}: {local}fetching {where} failed ({type(error).__name__}: {error}). Fix: "
+            "check the path, name or network, or run with HF_HUB_OFFLINE=1 on a cache that "
+            "holds the model"
         ) from None
     config = snapshot / "config.json"
     if not config.is_file():
