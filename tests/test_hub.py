@@ -44,6 +44,19 @@ def tiny_esm(seed: int) -> torch.nn.Module:
     return transformers.EsmForMaskedLM(config).eval()
 
 
+def tiny_esmc() -> torch.nn.Module:
+    torch.manual_seed(3)
+    config = transformers.EsmcConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+    )
+    return transformers.EsmcForMaskedLM(config).eval()
+
+
 def add_snapshot(cache: Path, repo_id: str, commit: str, refs: list[str], save) -> Path:
     """``save(snapshot)`` writes the files of ``repo_id`` at ``commit``; ``refs`` point at it."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -65,12 +78,13 @@ def save_hf(model: torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def hub_home(tmp_path_factory) -> Path:
-    """HF_HOME holding ``test-org/tiny-esm`` (main and tag v1, different weights) and
-    ``test-org/tiny-bt`` (a biotransformer model directory)."""
+    """HF_HOME holding ``test-org/tiny-esm`` (main and tag v1, different weights),
+    ``test-org/tiny-esmc`` (ESM C) and ``test-org/tiny-bt`` (a biotransformer model directory)."""
     home = tmp_path_factory.mktemp("hf-home")
     cache = home / "hub"
     add_snapshot(cache, "test-org/tiny-esm", MAIN, ["main"], save_hf(tiny_esm(0)))
     add_snapshot(cache, "test-org/tiny-esm", V1, ["v1"], save_hf(tiny_esm(1)))
+    add_snapshot(cache, "test-org/tiny-esmc", MAIN, ["main"], tiny_esmc().save_pretrained)
     native = hub.load_model(f"hf:{cache / 'models--test-org--tiny-esm' / 'snapshots' / MAIN}")
     add_snapshot(
         cache,
@@ -121,6 +135,14 @@ def test_hub_names_and_revisions_load_their_own_weights_offline(offline):
         "commit": MAIN,
     }
     assert tagged.source["revision"] == "v1" and tagged.source["commit"] == V1
+
+
+def test_an_esmc_repository_loads_with_its_alphabet(offline):
+    model = hub.load_model("test-org/tiny-esmc", require_tokenizer=True)
+    assert model.config.qk_norm and model.source["commit"] == MAIN
+    ids = torch.as_tensor(model.tokenizer.encode(SEQUENCES[2]))[None]
+    with torch.no_grad():
+        assert (model(ids).logits - tiny_esmc()(ids).logits).abs().max() < 1e-5
 
 
 def test_a_biotransformer_repository_loads_as_a_model_directory(offline):
