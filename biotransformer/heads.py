@@ -661,9 +661,10 @@ def load_model(
     require_tokenizer: bool = False,
     **head_options: Any,
 ) -> Any:
-    """Rebuild the model saved in ``directory`` (in eval mode), with its tokenizer attached as
-    ``model.tokenizer`` when ``tokenizer.json`` is there (required with ``require_tokenizer``,
-    as by every command that reads sequences).
+    """Rebuild the model saved in the model directory ``directory`` (in eval mode), with its
+    tokenizer attached as ``model.tokenizer`` when ``tokenizer.json`` is there (required with
+    ``require_tokenizer``, as by every command that reads sequences). Any other model source,
+    a Hub name included, goes through ``hub.load_model``, which calls this one.
 
     With ``model_class`` (or ``head_options``) different from what was saved, the encoder is
     loaded and the head starts fresh: ``model.loading_info`` then lists the ``new`` weights

@@ -27,9 +27,12 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from biotransformer.errors import ModelDirectoryError
+
+if TYPE_CHECKING:
+    from biotransformer.heads import BioTransformerModel
 
 HUB_PREFIX = "hf:"
 FAIR_ESM_PREFIX = "fair-esm:"
@@ -193,7 +196,7 @@ def _is_ours(config: Path) -> bool:
 
 def load_model(
     source: str | os.PathLike[str],
-    model_class: Any = None,
+    model_class: type[BioTransformerModel] | str | None = None,
     *,
     require_tokenizer: bool = False,
     **head_options: Any,
@@ -239,7 +242,7 @@ def import_model(
     return Path(_imported(found).save_pretrained(directory)), found
 
 
-def _imported(found: ModelSource) -> Any:
+def _imported(found: ModelSource) -> BioTransformerModel:
     """Our model converted from a HuggingFace directory or a fair-esm file."""
     from biotransformer import interop
 
