@@ -36,6 +36,8 @@ def contact_maps(
             "biotransformer (hf:ORG/NAME, hf:PATH or fair-esm:PATH keep its contact head)"
         )
     tokenizer, config = model.tokenizer, model.config
+    if tokenizer is None:
+        raise ConfigError("this model has no tokenizer. Fix: attach one as model.tokenizer")
     encoded = [np.asarray(tokenizer.encode(record.sequence)) for record in records]
     for record, ids in zip(records, encoded, strict=True):
         if len(ids) > config.max_length:
