@@ -199,7 +199,7 @@ def test_import_model_converts_once_and_keeps_the_source(offline, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_embed_by_hub_name_offline_from_hf_home(hub_home, tmp_path):
     """The command line as a user runs it: HF_HOME and HF_HUB_OFFLINE=1 in the environment."""
     fasta = tmp_path / "in.fasta"
@@ -212,7 +212,7 @@ def test_embed_by_hub_name_offline_from_hf_home(hub_home, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=140,
     )
     assert result.returncode == 0, result.stderr
     with h5py.File(tmp_path / "e.h5") as handle:
@@ -246,7 +246,7 @@ def test_finetune_from_a_hub_name_records_the_resolved_commit(offline, tmp_path)
             train=str(tmp_path / "train.csv"),
             output_dir=str(tmp_path / "out"),
             model_dir="test-org/tiny-esm@v1",
-            epochs=1,
+            max_steps=4,
             bootstrap=5,
             plots=False,
         )
