@@ -42,7 +42,7 @@ REPO_ID = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$"
 SOURCE_HELP = (
     "a model directory, hf:ORG/NAME[@REVISION] (a HuggingFace Hub repository, read from the "
     "local HF cache when HF_HUB_OFFLINE=1; plain ORG/NAME when no such local path exists), "
-    "hf:PATH (a local HuggingFace ESM directory) or fair-esm:PATH (an ESM-2 .pt file)"
+    "hf:PATH (a local HuggingFace ESM or ESM C directory) or fair-esm:PATH (an ESM-2 .pt file)"
 )
 
 Format = Literal["biotransformer", "hf", "fair-esm"]

@@ -120,7 +120,9 @@ def our_logits(model, sequence: str) -> torch.Tensor:
 
 
 def test_hub_names_and_revisions_load_their_own_weights_offline(offline):
-    main = hub.load_model("hf:test-org/tiny-esm")
+    import biotransformer as bt
+
+    main = bt.load_model("hf:test-org/tiny-esm")
     tagged = hub.load_model("test-org/tiny-esm@v1")  # plain name: no such local path
     pinned = hub.load_model(f"hf:test-org/tiny-esm@{MAIN}")
     for model, seed in ((main, 0), (tagged, 1), (pinned, 0)):
