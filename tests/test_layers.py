@@ -63,6 +63,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.baselines": "workflows",
     "biotransformer.quickstart": "workflows",
     "biotransformer.dataset_cards": "workflows",
+    "biotransformer.api": "workflows",  # the Python API; it implements the models' embed...
     # cli: one module per command
     "biotransformer.__main__": "cli",
     "biotransformer.cli": "cli",
