@@ -31,39 +31,66 @@ def planted_data(n: int, seed: int) -> tuple[list[str], list[int]]:
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory: pytest.TempPathFactory) -> bt.RunResult:
-    """A tiny classifier fine-tuned through bt.finetune on data given in memory: a
-    DataFrame for train, (sequences, labels) for valid and test."""
+def finetuned(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> bt.RunResult:
+    """The worked example (recipes/python_api_example.py) run on a labelled FASTA of the
+    planted GC signal: a tiny classifier fine-tuned through bt.finetune, its embeddings and
+    their plot."""
+    import importlib.util
+
+    directory = tmp_path_factory.mktemp("example")
+    sequences, labels = planted_data(300, 0)
+    names = {0: "at_rich", 1: "gc_rich"}
+    fasta = directory / "labelled.fasta"
+    with fasta.open("w") as handle:
+        for i, (sequence, label) in enumerate(zip(sequences, labels, strict=True)):
+            handle.write(f">r{i} label={names[label]}\n{sequence}\n")
+    path = repo_root / "recipes" / "python_api_example.py"
+    spec = importlib.util.spec_from_file_location("python_api_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = ["--fasta", str(fasta), "--out", str(directory / "out"), "--max-steps", "12"]
+    return example.main([*argv, "--lr", "3e-3", "--bootstrap", "20"])
+
+
+def test_data_in_memory_becomes_the_file_finetune_reads(tmp_path: Path) -> None:
+    """(sequences, labels), records, a mapping and a DataFrame are written as the CSV that
+    read_sequences reads back to the same sequences and labels."""
+    from biotransformer import api
+    from biotransformer.config import ReadOptions
+    from biotransformer.finetune_data import read_labelled
+
+    sequences, labels = planted_data(6, 7)
+    pairs = zip(sequences, labels, strict=True)
+    records = [bt.SequenceRecord(f"r{i}", s, str(y)) for i, (s, y) in enumerate(pairs)]
+    given = [(sequences, labels), records, {"sequence": sequences, "label": labels}]
     pandas = pytest.importorskip("pandas")
-    out = tmp_path_factory.mktemp("api") / "run"
-    train = pandas.DataFrame(dict(zip(("sequence", "label"), planted_data(160, 0), strict=True)))
-    return bt.finetune(
-        train=train,
-        valid=planted_data(40, 1),
-        test=planted_data(80, 2),
-        task="classification",
-        preset="tiny",
-        out=out,
-        max_steps=12,
-        max_tokens=1024,
-        training={"lr": 3e-3, "seed": 0},
-        bootstrap=20,
-        plots=False,
-    )
+    given.append(pandas.DataFrame({"sequence": sequences, "label": labels}))
+    for n, data in enumerate(given):
+        path = api._labelled_file(data, tmp_path / f"{n}.csv", {})
+        read = read_labelled(path, "classification", ReadOptions())
+        assert [r.sequence for r in read] == sequences
+        assert [r.label for r in read] == [str(y) for y in labels]
+    with pytest.raises(InputError, match="6 sequences but 2 labels"):
+        api._labelled_file((sequences, labels[:2]), tmp_path / "x.csv", {})
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_finetune_from_memory_learns_the_planted_motif(finetuned: bt.RunResult) -> None:
+def test_the_worked_example_learns_the_planted_signal(finetuned: bt.RunResult) -> None:
     assert finetuned.outcome == "finished"
     assert finetuned.metrics["test"]["metrics"]["mcc"]["value"] > 0.7
+    assert finetuned.metrics["labels"] == ["at_rich", "gc_rich"]
     assert finetuned.model_dir == finetuned.output_dir / "model"
+    assert (finetuned.output_dir.parent / "embeddings_pca.png").stat().st_size > 10_000
     model = finetuned.model
     assert isinstance(model, bt.SequenceClassifier)
     sequences, labels = planted_data(40, 3)
     predictions = model.predict(sequences)
     assert len(predictions.predicted) == 40
-    accuracy = np.mean([p == str(y) for p, y in zip(predictions.predicted, labels, strict=True)])
+    names = {0: "at_rich", 1: "gc_rich"}
+    hits = [p == names[y] for p, y in zip(predictions.predicted, labels, strict=True)]
+    accuracy = np.mean(hits)
     assert accuracy > 0.8
 
 
@@ -86,7 +113,7 @@ def test_api_and_cli_give_identical_numbers(
     predictions = model.predict(fasta)
     assert [row["id"] for row in rows] == predictions.ids == [f"s{i}" for i in range(30)]
     assert [row["prediction"] for row in rows] == predictions.predicted
-    from_cli = np.array([[float(row["prob_0"]), float(row["prob_1"])] for row in rows])
+    from_cli = np.array([[float(row["prob_at_rich"]), float(row["prob_gc_rich"])] for row in rows])
     assert np.array_equal(from_cli, predictions.scores)
     assert np.array_equal(model.predict(sequences).scores, predictions.scores)  # list == file
 
@@ -110,7 +137,7 @@ def test_api_and_cli_give_identical_numbers(
     with (tmp_path / "s.tsv").open() as handle:
         (row,) = list(csv.DictReader(handle, delimiter="\t"))
     scored = model.score_variants(reference, [f"{first}5{other}"])
-    assert float(row["delta_1"]) == scored.scores["delta_1"][0]
+    assert float(row["delta_gc_rich"]) == scored.scores["delta_gc_rich"][0]
     capsys.readouterr()
 
 
