@@ -157,12 +157,10 @@ def read_records(
     if isinstance(sequences, (str, os.PathLike)):
         return _read_file(Path(sequences), tokenizer, sequence_column, id_column, duplicate_ids)
     if hasattr(sequences, "columns"):  # a pandas DataFrame
-        column = sequences[sequence_column]
-        ids = (
-            [str(i) for i in range(len(column))]
-            if id_column is None
-            else [str(i) for i in sequences[id_column]]
-        )
+        frame: Any = sequences
+        column = list(frame[sequence_column])
+        names = range(len(column)) if id_column is None else frame[id_column]
+        ids = [str(name) for name in names]
         return [SequenceRecord(i, str(s)) for i, s in zip(ids, column, strict=True)]
     items = list(sequences)
     if not items:

@@ -383,7 +383,7 @@ class _Bpe:
 
 def _rolling_codes(two_bit: np.ndarray, k: int) -> np.ndarray:
     """2-bit codes of every k-long window, built by doubling: log2(k) passes, not k."""
-    blocks = {1: two_bit.astype(np.uint16)}
+    blocks: dict[int, np.ndarray] = {1: two_bit.astype(np.uint16)}
     width = 1
     while width * 2 <= k:
         block = blocks[width]
@@ -427,7 +427,7 @@ def read_fasta_sequences(paths: Iterable[str | os.PathLike[str]]) -> Iterator[st
     from biotransformer.io import fasta_records
 
     for path in paths:
-        for _, sequence in fasta_records(path):
+        for _, sequence in fasta_records(Path(path)):
             yield sequence
 
 
@@ -454,6 +454,7 @@ class Tokenizer:
         self.k: int = options.get("k", 1)
         self.stride: int = options.get("stride", 1)
         self.bpe_model: str | None = None
+        self.tokens: list[str] = []
         if scheme == "protein":
             self._build_protein()
         elif scheme == "dna":
@@ -473,7 +474,7 @@ class Tokenizer:
         self.special_ids: tuple[int, ...] = tuple(sorted(index[t] for t in specials))
         unknown_letter = "X" if scheme == "protein" else "N"
         shown = {t: "" for t in specials} | {"<unk>": unknown_letter, "<mask>": unknown_letter}
-        self._text = np.array([shown.get(t, t) for t in self.tokens], dtype=object)
+        self._text: np.ndarray = np.array([shown.get(t, t) for t in self.tokens], dtype=object)
         self.vocabulary: list[str] | None = None
         self._to_vocab: np.ndarray | None = None
         if vocabulary is not None:
@@ -624,7 +625,7 @@ class Tokenizer:
             position=where - bounds[row] + 1,
             fix=fix,
         )
-        error.batch_row = row  # which sequence of the batch, for callers that know its record
+        error.batch_row = row  # type: ignore[attr-defined]  # the batch's row, for callers
         raise error
 
     def normalize(self, seq: str) -> str:
