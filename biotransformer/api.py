@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -81,6 +82,7 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+_LETTERS = re.compile(r"[A-Za-z*\-]+")  # a sequence, not a path
 #: What the inference functions read: a file, sequences, records, or a pandas DataFrame.
 Sequences = PathLike | Sequence[str] | Sequence[SequenceRecord] | Any
 #: What the training functions read: a file, ``(sequences, labels)``, labelled records, a
@@ -579,11 +581,12 @@ def _columns(data: Any, sequence_column: str, label_column: str) -> tuple[list[A
 
 
 def _fasta_files(train: PathLike | Sequence[Any], path: Path) -> list[str]:
-    """FASTA paths as given; sequences in memory written to ``path``."""
+    """FASTA paths as given; sequences in memory (strings of letters only, or records)
+    written to ``path``."""
     if isinstance(train, (str, os.PathLike)):
         return [os.fspath(train)]
     items = list(train)
-    if all(isinstance(item, os.PathLike) or Path(str(item)).is_file() for item in items):
+    if not all(isinstance(i, SequenceRecord) or _LETTERS.fullmatch(str(i)) for i in items):
         return [os.fspath(item) for item in items]
     with path.open("w", encoding="utf-8") as handle:
         for index, item in enumerate(items):

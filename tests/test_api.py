@@ -279,3 +279,29 @@ def test_model_methods_are_the_api_functions(tiny_dna: bt.MaskedLM) -> None:
     sequences = ["ACGTAGGA", "TTGACAAT"]
     assert np.array_equal(tiny_dna.embed(sequences).pooled, api.embed(tiny_dna, sequences).pooled)
     assert set(bt.__all__) >= {"load_model", "embed", "predict", "finetune", "pretrain"}
+    from biotransformer.heads import _inference
+
+    with pytest.raises(ConfigError, match=r"import biotransformer\.api"):
+        _inference("not registered")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pretrain_from_sequences_in_memory(tmp_path: Path) -> None:
+    """bt.pretrain on a list of sequences of four letters runs on them (written to a FASTA
+    for the run) and learns at least which tokens occur: the held-out loss ends well below
+    uniform guessing over the vocabulary."""
+    rng = np.random.default_rng(0)
+    sequences = [("ACGTTG" * 60)[int(rng.integers(0, 6)) :][:300] for _ in range(40)]
+    result = bt.pretrain(
+        train=sequences,
+        out=tmp_path / "run",
+        model={"preset": "tiny", "hidden_size": 32, "num_heads": 4, "max_length": 64},
+        data={"tokenizer": "dna", "window_tokens": 62, "max_length": 64, "max_tokens": 1024},
+        training={"lr": 3e-3, "warmup_steps": 2, "max_steps": 20, "eval_every": 20},
+    )
+    assert result.outcome == "finished" and result.step == 20
+    model = result.model
+    assert isinstance(model, bt.MaskedLM) and model.tokenizer.scheme == "dna"
+    held_out = result.metrics["valid"]["metrics"]["loss"]["value"]
+    assert held_out < np.log(model.config.vocab_size) - 1.0
