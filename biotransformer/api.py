@@ -11,13 +11,16 @@ Sequences are given as a file path (FASTA/FASTQ/CSV/TSV, read with the model's a
 check), a list of strings (ids ``"0"``, ``"1"``...), ``SequenceRecord``s, or a pandas
 DataFrame (its ``sequence_column`` and optional ``id_column``). Training data is a path,
 ``(sequences, labels)``, records with labels, a mapping of columns, or a DataFrame; data
-given in memory is written to a temporary CSV (or FASTA for pretraining) for the run.
+given in memory is written to a temporary CSV (or FASTA for pretraining) for the run and
+removed after it (``config.yaml`` names that file; to resume such a run, pass files).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
+import json
 import os
 import re
 import tempfile
@@ -518,8 +521,6 @@ def run_pretrain(
 
 
 def _metrics_file(directory: Path) -> dict[str, Any]:
-    import json
-
     path = directory / "metrics.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -527,8 +528,6 @@ def _metrics_file(directory: Path) -> dict[str, Any]:
 def _config(cls: Any, config: Any, values: dict[str, Any]) -> Any:
     """``config`` (a config object, a YAML path or None) with ``values`` applied, validated."""
     if isinstance(config, (FinetuneConfig, RunConfig)):
-        import dataclasses
-
         return load_config(cls, values={**dataclasses.asdict(config), **values})
     return load_config(cls, config, values=values)
 
