@@ -70,6 +70,7 @@ from biotransformer.errors import BioTransformerError
 from biotransformer.memory import preflight
 from biotransformer.outputs import claim_run_directory, holds_files
 from biotransformer.runtime import make_accelerator
+from biotransformer.sharding import check_rebuildable, is_sharded, replica
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 Outcome = Literal["finished", "interrupted"]
@@ -116,7 +117,10 @@ class Run:
     checkpointer: Checkpointer
 
     def network(self) -> nn.Module:
-        """The model without Accelerate's (and torch.compile's) wrappers."""
+        """The model without Accelerate's (and torch.compile's) wrappers; under FSDP a plain,
+        unsharded replica (``sharding.replica``), so every process must call this."""
+        if is_sharded(self.accelerator):
+            return replica(self.accelerator, self.model)
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
 
@@ -225,8 +229,11 @@ def _run(
         int(lengths.max()),
         device=str(accelerator.device),
         budget_option=plan.budget_option,
+        shards=accelerator.num_processes if is_sharded(accelerator) else 1,
     )
     training = recipe.resolve(max(len(sampler) // accelerator.gradient_accumulation_steps, 1))
+    if is_sharded(accelerator):
+        check_rebuildable(plan.model)
 
     compile_if_asked(plan.model, training)
     optimizer = build_optimizer(plan.model, training)
