@@ -305,16 +305,17 @@ def test_deepspeed_recipe_is_validated_by_accelerate():
 
 
 def test_fsdp_refuses_at_the_start_a_model_it_cannot_gather_into_an_ordinary_one():
-    """LoRA adapters are weights the model's config does not build: FSDP's replica for
-    evaluation and the model directory could not hold them."""
+    """Weights the model's config does not build (LoRA adapters: ``apply_lora`` adds such
+    weights to the block linears) could not be held by FSDP's replica for evaluation and the
+    model directory."""
     from helpers import tiny_binary_classifier
 
     from biotransformer.errors import ConfigError
-    from biotransformer.lora import LoraSettings, apply_lora
     from biotransformer.sharding import check_rebuildable
 
     model = tiny_binary_classifier()
     check_rebuildable(model)
-    apply_lora(model, LoraSettings(r=2, alpha=4))
+    qkv = model.encoder.layers[0].attn.qkv
+    qkv.register_parameter("lora_A", torch.nn.Parameter(torch.zeros(2, qkv.in_features)))
     with pytest.raises(ConfigError, match=r"LoRA adapters.*Fix: train it with DDP"):
         check_rebuildable(model)
