@@ -8,7 +8,8 @@ one thread per process (so 2 ranks use 2 cores). Tokens/s (all processes togethe
 medians of the logged steps after the first 2 (warm-up), over rounds that interleave the
 modes; the one-thread fp32 matmul peak is measured in the same rounds, so MFU is achieved model
 FLOP/s over (processes x that peak); model FLOPs are ``flops_per_token`` (6 N + 12 L T h).
-``--smoke`` runs the single process only (the 2-rank runs are tests/test_scaleout.py's).
+The single process runs inside the benchmark's own process; ``--smoke`` runs only it (the
+2-rank runs are tests/test_scaleout.py's).
 
 Projected (no GPU was available to this benchmark; every GPU figure rests on the stated
 assumptions in ``ASSUMPTIONS``): per-token FLOPs of each shape from the model itself, GPU-hours
@@ -128,19 +129,39 @@ def measure_run(mode: str, config: dict[str, Any], tmp: Path) -> float:
     config = {**config, "training": {**config["training"], "output_dir": str(run_dir)}}
     path = tmp / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "biotransformer", "pretrain", str(path)]
-    if mode != "single":
+    if mode == "single":  # in this process, on one thread
+        pretrain_here(path)
+    else:
         torchrun = str(Path(sys.executable).with_name("torchrun"))
-        command = [torchrun, "--standalone", "--nproc_per_node", "2", *command[1:]]
-    if mode == "fsdp":
-        env.update(FSDP_ENV)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    if result.returncode:
-        raise RuntimeError(f"{mode} run failed:\n{result.stderr[-3000:]}")
+        command = [torchrun, "--standalone", "--nproc_per_node", "2"]
+        command += ["-m", "biotransformer", "pretrain", str(path)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **(FSDP_ENV if mode == "fsdp" else {})}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+        if result.returncode:
+            raise RuntimeError(f"{mode} run failed:\n{result.stderr[-3000:]}")
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     rates = [row["tokens_per_s"] for row in rows if "tokens_per_s" in row][2:]
     return statistics.median(rates)
+
+
+def pretrain_here(config: Path) -> None:
+    """``biotransformer pretrain CONFIG`` in this process on one thread, with Accelerate's
+    process-wide state dropped before and after (each run builds its own)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from biotransformer.cli import main as cli
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        if cli(["pretrain", str(config)]) != 0:
+            raise RuntimeError(f"single-process run of {config} failed")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        torch.set_num_threads(threads)
 
 
 def matmul_peak(size: int, repeats: int) -> float:
