@@ -32,9 +32,9 @@ every process. They are fetched first, the number of target tokens is summed ove
 all-reduced over processes, and each micro-batch's summed token loss is scaled so that the
 gradient is that of ``sum(token losses) / sum(targets)`` over the whole global batch, not a
 mean of per-batch means. ``accelerator.accumulate`` skips the gradient all-reduce on all but
-the last micro-batch and divides the loss by ``gradient_accumulation_steps``; DDP averages
-gradients over processes. The scale ``num_processes * gradient_accumulation_steps /
-global_targets`` undoes both.
+the last micro-batch and divides the loss by ``gradient_accumulation_steps``; DDP (and FSDP's
+reduce-scatter) averages gradients over processes. The scale ``num_processes *
+gradient_accumulation_steps / global_targets`` undoes both.
 """
 
 from __future__ import annotations
