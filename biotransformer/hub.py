@@ -14,9 +14,10 @@ A Hub repository holds either a biotransformer model directory (``config.json`` 
 ``format_version``) or a HuggingFace ESM / ESM C model, converted on load (``interop``). Only
 ``*.json``, ``*.txt`` and ``*.safetensors`` files are fetched: weights stored only as pickled
 ``.bin`` files are refused. ``resolve_model_source`` finds the files; ``load_model`` is the one
-function every command and the Python API call with a source; ``import_model`` writes a source
-as a model directory (``finetune --model``). ``ModelSource.record()`` is the provenance a run
-writes to ``run.json``: the repository, the revision asked for and the commit it resolved to.
+dispatch on a source (every command and ``bt.load_model`` reach it through ``api.load_model``);
+``import_model`` writes a source as a model directory (``finetune --model``).
+``ModelSource.record()`` is the provenance a run writes to ``run.json``: the repository, the
+revision asked for and the commit it resolved to.
 """
 
 from __future__ import annotations

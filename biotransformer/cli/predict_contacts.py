@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write the contact maps."""
     import json
 
+    from biotransformer.api import load_model
     from biotransformer.contacts import contact_maps, write_contacts_h5
-    from biotransformer.hub import load_model
 
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     model = load_model(args.model, require_tokenizer=True)
