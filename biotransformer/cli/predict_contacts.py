@@ -9,7 +9,7 @@ from biotransformer.cli.common import (
     add_max_tokens_option,
     add_model_option,
     naming_input,
-    read_input_records,
+    reading_options,
 )
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
@@ -40,12 +40,12 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write the contact maps."""
     import json
 
-    from biotransformer.api import load_model
+    from biotransformer.api import load_model, read_records
     from biotransformer.contacts import contact_maps, write_contacts_h5
 
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     model = load_model(args.model, require_tokenizer=True)
-    records = read_input_records(args, model)
+    records = read_records(args.input, model.tokenizer, **reading_options(args))
     with naming_input(args.input):
         write_contacts_h5(
             contact_maps(model, records, max_tokens=args.max_tokens),
