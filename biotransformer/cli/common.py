@@ -1,8 +1,9 @@
 """Flags and input reading shared by the commands that run a model over sequence files.
 
-Input columns and batch size (embed, predict, evaluate, saliency, plot-embeddings), windows for
-long records and strand averaging (predict, evaluate, embed), and reading the ``--input`` records
-with the model's alphabet (embed, predict). Each flag keeps one name, default and help text here.
+Device and precision (every command that runs a model), input columns and batch size (embed,
+predict, evaluate, saliency, plot-embeddings), windows for long records and strand averaging
+(predict, evaluate, embed), and reading the ``--input`` records with the model's alphabet
+(embed, predict). Each flag keeps one name, default and help text here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from biotransformer.config import (
     positive_int,
     probability,
 )
+from biotransformer.constants import DEVICE_NAMES, DTYPE_NAMES
 
 # Value types of numeric flags (``config.Domain``, the same checks as config keys): each checks
 # its domain, so argparse names the flag, prints the allowed range and exits with status 2 (no
@@ -70,16 +72,43 @@ def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on its device."""
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where and in what precision the model runs."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="|".join(DEVICE_NAMES),
+        help="where the model runs: auto (a CUDA GPU when there is one, else an Apple GPU, "
+        "else the CPU; under torchrun each rank takes the GPU of its LOCAL_RANK), cpu, cuda, "
+        "cuda:N or mps (default: auto)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default="auto",
+        help="precision of the weights and activations: auto (bf16 on a CUDA GPU that "
+        "supports it, fp16 on an older one, fp32 on the CPU and MPS), fp32, bf16 or fp16 "
+        "(GPU only) (default: auto)",
+    )
+
+
+def load_placed_model(args: argparse.Namespace) -> Any:
+    """``--model`` on the ``--device`` in the ``--dtype`` the flags ask for (checked before
+    the model is read)."""
+    from biotransformer.devices import place_model, resolve_placement
     from biotransformer.heads import load_model
+
+    placement = resolve_placement(args.device, args.dtype)
+    return place_model(load_model(args.model, require_tokenizer=True), placement)
+
+
+def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on this
+    process's ``--device`` in ``--dtype``."""
     from biotransformer.runtime import launched_accelerator
 
     accelerator = launched_accelerator()
-    model = load_model(args.model, require_tokenizer=True)
-    if accelerator is not None:
-        model.to(accelerator.device)
-    return accelerator, model
+    return accelerator, load_placed_model(args)
 
 
 def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
@@ -90,22 +119,21 @@ def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
     return task
 
 
-def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
-    """Every unlabelled record of ``--input``, checked against the model's alphabet (a
-    record of the other alphabet is refused with the fix for this command: another model)."""
+def read_input_records(args: argparse.Namespace, model: Any) -> Iterator[Any]:
+    """Every unlabelled record of ``--input``, one at a time, checked against the model's
+    alphabet (a record of the other alphabet is refused with the fix for this command: another
+    model)."""
     from biotransformer.errors import InputError
     from biotransformer.io import read_sequences
 
     try:
-        return list(
-            read_sequences(
-                args.input,
-                sequence_column=args.sequence_column,
-                id_column=args.id_column,
-                label_column=None,
-                alphabet=model.tokenizer.alphabet,
-                duplicate_ids=args.duplicate_ids,
-            )
+        yield from read_sequences(
+            args.input,
+            sequence_column=args.sequence_column,
+            id_column=args.id_column,
+            label_column=None,
+            alphabet=model.tokenizer.alphabet,
+            duplicate_ids=args.duplicate_ids,
         )
     except InputError as error:
         if not error.problem.startswith("this looks like"):
@@ -118,6 +146,44 @@ def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
             line=error.line,
             fix=f"use a {other} model, or check the file",
         ) from None
+
+
+def add_resume_option(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` (continue a streamed output where a stopped run left it) and
+    ``--chunk-records`` (records run and written together)."""
+    parser.add_argument(
+        "--chunk-records",
+        type=positive_int,
+        default=4096,
+        metavar="N",
+        help="records run and written together: memory grows with N, and a stopped run loses "
+        "at most the chunk in progress (default: 4096; a chunk also ends at 4 Mi letters)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run that stopped before the end (killed, out of time) where it "
+        "stopped: the records it wrote are kept (the hidden .OUT.partial file beside --out) and "
+        "only the rest are run; the model, input and options must be the same",
+    )
+
+
+def stream_fingerprint(args: argparse.Namespace, model: Any, **options: Any) -> dict[str, Any]:
+    """What must match for ``--resume`` to continue a run: the model directory, the input
+    file, the precision and every option that changes the output."""
+    from biotransformer.streaming import file_fingerprint
+
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {
+        "model": file_fingerprint(args.model),
+        "input": file_fingerprint(args.input),
+        "dtype": dtype,
+        "max_tokens": args.max_tokens,
+        "chunk_records": args.chunk_records,
+        "window_overlap": args.window_overlap,
+        "window_aggregate": args.window_aggregate,
+        **options,
+    }
 
 
 @contextmanager

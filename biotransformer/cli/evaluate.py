@@ -7,6 +7,7 @@ from pathlib import Path
 
 from biotransformer.atomic import json_text
 from biotransformer.cli.common import (
+    add_device_options,
     add_max_tokens_option,
     add_window_options,
     load_launched_model,
@@ -78,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_max_tokens_option(parser)
     add_window_options(parser)
     add_label_options(parser)
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 

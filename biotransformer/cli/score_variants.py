@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import positive_int
+from biotransformer.cli.common import add_device_options, load_placed_model, positive_int
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
 
@@ -51,12 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16384,
         help="fine-tuned heads: padded tokens per batch (default: %(default)s)",
     )
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Read, check, score and write the variants."""
-    from biotransformer.heads import load_model
     from biotransformer.variants import (
         read_reference,
         read_variants,
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = [args.model, args.reference, args.variants]
     check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, allow_stdout=True)
-    model = load_model(args.model, require_tokenizer=True)
+    model = load_placed_model(args)
     task = model.task
     reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
     variants = read_variants(args.variants, reference)
