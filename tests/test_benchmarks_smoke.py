@@ -97,3 +97,15 @@ def test_variants_benchmark_smoke(repo_root, tmp_path):
     figures = result["figures"]
     assert figures["biotransformer_variants_per_s"] > 0 and figures["fair_esm_variants_per_s"] > 0
     assert figures["max_abs_score_difference"] < 1e-3  # the same scores, computed both ways
+
+
+def test_embed_throughput_benchmark_smoke(repo_root, shared_data, tmp_path):
+    result = run_smoke(repo_root, tmp_path, "embed_throughput", as_module=True)
+    assert {"machine", "versions", "settings", "figures", "targets_met"} <= set(result)
+    for name in ("proteins_2100", "generated_20k"):
+        figure = result["figures"][name]
+        assert set(figure["records_per_s"]) == {"ours", "fair_esm", "hf"}
+        assert all(rate > 0 for rate in figure["records_per_s"].values())
+        # the same weights in the three pipelines: the same embeddings
+        assert max(figure["max_abs_difference_from_ours"].values()) < 1e-4
+    assert result["figures"]["ours_generated_200k"]["peak_rss_mib"] > 0
