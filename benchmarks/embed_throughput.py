@@ -53,6 +53,7 @@ PROTEINS = SHARED / "proteins"
 RESIDUES = "LAGVSERTIDPKQNFYMHWC"
 MAX_RESIDUES = 1022
 HF_BATCH = 16
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PIPELINES = ("ours", "fair_esm", "hf")
 TARGETS = {"vs_fair_esm": 1.5, "vs_hf": 1.3, "rss_200k_over_20k": 1.25}
 
@@ -143,17 +144,27 @@ def write_models(directory: Path, sizes: Sizes) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_ours(model: Path, fasta: Path, out: Path, budget: int) -> float:
+def run_ours(
+    model: Path, fasta: Path, out: Path, budget: int, device: str = "cpu", dtype: str = "fp32"
+) -> float:
     from biotransformer.cli import main
 
     start = time.perf_counter()
     arguments = ["--model", str(model), "--input", str(fasta), "--out", str(out)]
-    code = main(["embed", *arguments, "--max-tokens", str(budget), "--device", "cpu"])
+    arguments += ["--max-tokens", str(budget), "--device", device, "--dtype", dtype]
+    code = main(["embed", *arguments])
     assert code == 0, f"embed exited {code}"
     return time.perf_counter() - start
 
 
-def run_fair_esm(model_path: Path, fasta: Path, out: Path, budget: int) -> float:
+def run_fair_esm(
+    model_path: Path,
+    fasta: Path,
+    out: Path,
+    budget: int,
+    device: str = "cpu",
+    dtype: str = "fp32",
+) -> float:
     import esm
 
     data = torch.load(model_path, weights_only=True)
@@ -166,7 +177,7 @@ def run_fair_esm(model_path: Path, fasta: Path, out: Path, budget: int) -> float
         alphabet=alphabet,
     )
     model.load_state_dict(data["model"])
-    model.eval()
+    model.to(device=device, dtype=DTYPES[dtype]).eval()
     layer = cfg["encoder_layers"]
     start = time.perf_counter()
     dataset = esm.FastaBatchedDataset.from_file(str(fasta))
@@ -179,21 +190,30 @@ def run_fair_esm(model_path: Path, fasta: Path, out: Path, budget: int) -> float
     rows: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         for labels, strs, toks in loader:
-            representations = model(toks, repr_layers=[layer])["representations"][layer]
+            output = model(toks.to(device), repr_layers=[layer])
+            representations = output["representations"][layer].float()
             for i, label in enumerate(labels):
                 length = min(MAX_RESIDUES, len(strs[i]))
-                rows[label] = representations[i, 1 : length + 1].mean(0).numpy()
+                rows[label] = representations[i, 1 : length + 1].mean(0).cpu().numpy()
     _write_h5(out, dataset.sequence_labels, [rows[name] for name in dataset.sequence_labels])
     return time.perf_counter() - start
 
 
-def run_hf(directory: Path, fasta: Path, out: Path, budget: int) -> float:
+def run_hf(
+    directory: Path,
+    fasta: Path,
+    out: Path,
+    budget: int,
+    device: str = "cpu",
+    dtype: str = "fp32",
+) -> float:
     from transformers import EsmModel, EsmTokenizer
 
     tokenizer = EsmTokenizer.from_pretrained(str(directory))
     model = EsmModel.from_pretrained(
         str(directory), add_pooling_layer=False, attn_implementation="sdpa"
-    ).eval()
+    ).to(device=device, dtype=DTYPES[dtype])
+    model.eval()
     start = time.perf_counter()
     with fasta.open() as handle:
         records = list(_fasta(handle))
@@ -208,14 +228,16 @@ def run_hf(directory: Path, fasta: Path, out: Path, budget: int) -> float:
                 max_length=MAX_RESIDUES + 2,
                 return_tensors="pt",
             )
-            hidden = model(**encoded).last_hidden_state  # (B, T, D)
+            encoded = encoded.to(device)
+            hidden = model(**encoded).last_hidden_state.float()  # (B, T, D)
             keep = encoded["attention_mask"].clone()
             keep[:, 0] = 0  # <cls>
-            keep[torch.arange(len(batch)), keep.sum(1)] = 0  # <eos>, the last real token
+            rows_index = torch.arange(len(batch), device=keep.device)
+            keep[rows_index, keep.sum(1)] = 0  # <eos>, the last real token
             weights = keep.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1)
             names += [name for name, _ in batch]
-            rows += list(pooled.numpy())
+            rows += list(pooled.cpu().numpy())
     _write_h5(out, names, rows)
     return time.perf_counter() - start
 
