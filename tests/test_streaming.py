@@ -194,3 +194,29 @@ def test_two_ranks_write_one_output_equal_to_one_process(model_dir, tmp_path):
     np.testing.assert_array_equal(two["ids"], one["ids"])
     np.testing.assert_allclose(two["embeddings"], one["embeddings"], atol=1e-6)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_score_variants_streams_chunks_equal_to_one_pass(model_dir, tmp_path):
+    from biotransformer.heads import load_model
+    from biotransformer.variants import read_reference, read_variants, score_head
+
+    sequence = RECORDS[0].sequence
+    (tmp_path / "ref.fa").write_text(f">ref\n{sequence}\n")
+    rows = [
+        f"v{i}\t{i + 1}\t{sequence[i]}\t{'A' if sequence[i] != 'A' else 'C'}"
+        for i in range(0, len(sequence), 3)
+    ]
+    (tmp_path / "v.tsv").write_text("id\tposition\tref\talt\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "scores.tsv"
+    arguments = ["score-variants", "--model", str(model_dir / "model")]
+    arguments += ["--reference", str(tmp_path / "ref.fa"), "--variants", str(tmp_path / "v.tsv")]
+    assert main([*arguments, "--out", str(out), "--chunk-records", "4"]) == 0
+    model = load_model(model_dir / "model")
+    reference = read_reference(tmp_path / "ref.fa")
+    variants = read_variants(tmp_path / "v.tsv", reference)
+    expected = score_head(model, model.task, variants, reference)
+    table = [line.split("\t") for line in out.read_text().splitlines()]
+    assert table[0] == ["id", "record", "mutations", "delta_0", "delta_1"]
+    assert [row[0] for row in table[1:]] == [variant.id for variant in variants]
+    written = np.array([[float(value) for value in row[3:]] for row in table[1:]])
+    np.testing.assert_allclose(written, np.stack(list(expected.values()), axis=1), atol=1e-6)

@@ -148,41 +148,49 @@ def read_input_records(args: argparse.Namespace, model: Any) -> Iterator[Any]:
         ) from None
 
 
-def add_resume_option(parser: argparse.ArgumentParser) -> None:
+def add_resume_option(parser: argparse.ArgumentParser, what: str = "records") -> None:
     """``--resume`` (continue a streamed output where a stopped run left it) and
-    ``--chunk-records`` (records run and written together)."""
+    ``--chunk-records`` (``what`` is run and written together)."""
+    letters = "; a chunk also ends at 4 Mi letters" if what == "records" else ""
     parser.add_argument(
         "--chunk-records",
         type=positive_int,
         default=4096,
         metavar="N",
-        help="records run and written together: memory grows with N, and a stopped run loses "
-        "at most the chunk in progress (default: 4096; a chunk also ends at 4 Mi letters)",
+        help=f"{what} run and written together: memory grows with N, and a stopped run loses "
+        f"at most the chunk in progress (default: 4096{letters})",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue a run that stopped before the end (killed, out of time) where it "
-        "stopped: the records it wrote are kept (the hidden .OUT.partial file beside --out) and "
-        "only the rest are run; the model, input and options must be the same",
+        f"stopped: the {what} it wrote are kept (the hidden .OUT.partial file beside --out) "
+        "and only the rest are run; the model, inputs and options must be the same",
     )
 
 
-def stream_fingerprint(args: argparse.Namespace, model: Any, **options: Any) -> dict[str, Any]:
+def stream_fingerprint(
+    args: argparse.Namespace, model: Any, files: dict[str, str], **options: Any
+) -> dict[str, Any]:
     """What must match for ``--resume`` to continue a run: the model directory, the input
-    file, the precision and every option that changes the output."""
+    ``files``, the precision, ``--chunk-records`` and the ``options`` that change the output."""
     from biotransformer.streaming import file_fingerprint
 
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return {
         "model": file_fingerprint(args.model),
-        "input": file_fingerprint(args.input),
-        "dtype": dtype,
-        "max_tokens": args.max_tokens,
+        **{name: file_fingerprint(path) for name, path in files.items()},
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chunk_records": args.chunk_records,
+        **options,
+    }
+
+
+def window_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
+    """The batching and window options of ``embed`` and ``predict`` that change their output."""
+    return {
+        "max_tokens": args.max_tokens,
         "window_overlap": args.window_overlap,
         "window_aggregate": args.window_aggregate,
-        **options,
     }
 
 

@@ -15,6 +15,7 @@ from biotransformer.cli.common import (
     naming_input,
     read_input_records,
     stream_fingerprint,
+    window_fingerprint,
     window_options,
 )
 from biotransformer.outputs import add_overwrite_option, check_output_file
@@ -75,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
     layers = resolve_layers(args.layers, model.config.num_layers)
     stream = EmbeddingsStream(
         args.out,
-        stream_fingerprint(args, model, layers=layers, per_token=args.per_token),
+        stream_fingerprint(
+            args,
+            model,
+            {"input": args.input},
+            layers=layers,
+            per_token=args.per_token,
+            **window_fingerprint(args),
+        ),
         attributes={
             "layers": np.asarray(layers, dtype=np.int64),
             "model": str(args.model),

@@ -16,6 +16,7 @@ from biotransformer.cli.common import (
     probability,
     read_input_records,
     stream_fingerprint,
+    window_fingerprint,
     window_options,
 )
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
@@ -75,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
     table = TableStream(
         args.out,
         stream_fingerprint(
-            args, model, threshold=task.threshold, rc_average=args.rc_average, task=task.task
+            args,
+            model,
+            {"input": args.input},
+            threshold=task.threshold,
+            rc_average=args.rc_average,
+            task=task.task,
+            **window_fingerprint(args),
         ),
         header=prediction_header(task),
         resume=args.resume,
