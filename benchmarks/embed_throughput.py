@@ -350,17 +350,18 @@ def run(sizes: Sizes, output: Path, *, smoke: bool) -> dict[str, Any]:
         layers, width, heads = sizes.memory_shape
         (work / "small").mkdir()
         small = write_models(work / "small", Sizes(layers, width, heads))
-        proteins = measure("proteins_2100", inputs["proteins"], models, work, sizes, smoke)
-        compared = measure("generated", inputs["compared"], models, work, sizes, smoke)
         few = ours_rss(inputs["few"], small, work, sizes, smoke)
         many = ours_rss(inputs["many"], small, work, sizes, smoke)
+        print(f"ours at {sizes.few} records: {few}; at {sizes.many}: {many}", flush=True)
+        proteins = measure("proteins", inputs["proteins"], models, work, sizes, smoke)
+        compared = measure("generated", inputs["compared"], models, work, sizes, smoke)
     for figure, count in ((few, sizes.few), (many, sizes.many)):
         figure["records"] = count
         figure["records_per_s"] = count / figure["seconds"]
     rss_ratio = many["peak_rss_mib"] / few["peak_rss_mib"]
     figures = {
-        "proteins_2100": proteins,
-        f"generated_{sizes.compared}": compared,
+        "proteins": proteins,
+        "generated": compared,
         "ours_memory_20k": few,
         "ours_memory_200k": many,
     }
@@ -396,6 +397,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--width", type=int, default=Sizes.hidden_size)
     parser.add_argument("--heads", type=int, default=Sizes.num_heads)
     parser.add_argument("--proteins", type=int, help="the first N proteins (default: all)")
+    parser.add_argument(
+        "--compared", type=int, default=Sizes.compared, help="generated records all three run"
+    )
     parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fasta", type=Path, help=argparse.SUPPRESS)
@@ -406,7 +410,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(json.dumps(worker(args.worker, args.model, args.fasta, args.h5, args.budget)))
         return None
     shape = {"num_layers": args.layers, "hidden_size": args.width, "num_heads": args.heads}
-    sizes = SMOKE if args.smoke else Sizes(rounds=args.rounds, proteins=args.proteins, **shape)
+    chosen = {"rounds": args.rounds, "proteins": args.proteins, "compared": args.compared}
+    sizes = SMOKE if args.smoke else Sizes(**chosen, **shape)
     output = args.out or (None if args.smoke else RESULTS)
     if output is None:
         parser.error("--smoke writes only where --out says")

@@ -73,10 +73,9 @@ class StagedOutput:
         self.staging = self.path.with_name(f".{self.path.name}.partial")
         self.progress_path = self.path.with_name(f".{self.path.name}.partial.json")
         self.fingerprint = json.loads(json.dumps(fingerprint))
-        recorded = self._read_progress()
-        if recorded is not None and not resume and overwrite:
+        if overwrite and not resume:  # start over, whatever a stopped run left
             self.progress_path.unlink(missing_ok=True)  # every rank reaches done = 0 alike
-            recorded = None
+        recorded = self._read_progress()
         if recorded is not None and not resume:
             raise InputError(
                 f"{flag}: an earlier run that stopped before the end left "
