@@ -75,6 +75,8 @@ def test_under_a_launcher_each_rank_is_told_to_take_its_own_gpu(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 1)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_bf16_weights_embed_and_predict_like_fp32_on_the_cpu():
     fp32 = tiny_binary_classifier()
     bf16 = place_model(tiny_binary_classifier(), resolve_placement("cpu", "bf16"))
@@ -106,6 +108,8 @@ def test_the_flags_reach_the_model_of_a_command(model_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_chunked_outputs_equal_the_in_memory_results(model_dir, tmp_path):
     model = tiny_binary_classifier()
     base = ["--model", str(model_dir / "model"), "--input", str(model_dir / "in.fa")]
@@ -196,6 +200,8 @@ def test_two_ranks_write_one_output_equal_to_one_process(model_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_score_variants_streams_chunks_equal_to_one_pass(model_dir, tmp_path):
     from biotransformer.heads import load_model
     from biotransformer.variants import read_reference, read_variants, score_head
