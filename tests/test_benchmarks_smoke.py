@@ -131,3 +131,16 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(repo_root, shared_data, tm
     for name in ("proteins", "few"):
         assert all(rate > 0 for rate in result["embedding"][name]["records_per_s"].values())
     assert result["finetune"]["passed"], result["finetune"]
+
+
+def test_scaling_benchmark_smoke(repo_root, tmp_path):
+    result = run_smoke(repo_root, tmp_path, "scaling", as_module=True)
+    measured, projected = result["measured"], result["projected"]
+    assert measured["figures"]["single"]["tokens_per_s"] > 0
+    assert 0 < measured["figures"]["single"]["mfu"] < 1
+    shapes = projected["shapes"]
+    assert set(shapes) == {"esm2-35M", "esm2-150M", "esm2-650M", "esm2-3B"}
+    assert 6.4e8 < shapes["esm2-650M"]["parameters"] < 6.6e8
+    by_gpus = shapes["esm2-650M"]["by_gpus"]
+    assert set(by_gpus) == {"1", "8", "16", "64"}
+    assert by_gpus["1"]["gpu_hours_per_1e9_tokens"] <= by_gpus["64"]["gpu_hours_per_1e9_tokens"]
