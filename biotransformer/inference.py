@@ -344,7 +344,7 @@ def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarr
         unknown = [value for value in values if value not in index]
         if unknown:
             raise InputError(
-                f"label {unknown[0]!r} is not one the model knows ({task.labels})",
+                f"label {unknown[0]!r} is not one the model knows ({', '.join(task.labels)})",
                 record=record.id,
                 line=record.line,
                 fix="evaluate on data labelled like the training data",
@@ -377,7 +377,7 @@ def token_targets(task: TaskInfo, record: SequenceRecord, offsets: np.ndarray) -
             character = label[start]
             if character not in index:
                 raise InputError(
-                    f"label {character!r} is not one the model knows ({task.labels})",
+                    f"label {character!r} is not one the model knows ({', '.join(task.labels)})",
                     record=record.id,
                     line=record.line,
                     position=start + 1,
