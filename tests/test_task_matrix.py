@@ -20,7 +20,9 @@ package's defaults. Trained models are shared through module-scoped fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -44,6 +46,9 @@ TINY = {
     "model": {"hidden_size": 32, "ffn_size": 64},
 }
 TRAINING = {"max_steps": 30, "max_tokens": 1024, "bootstrap": 20}
+# The API runs skip their own plots: the command-line run and every `evaluate --report-dir`
+# draw them.
+API = {**TRAINING, "plots": False}
 LR = 5e-3
 
 
@@ -141,7 +146,7 @@ def finetune_api(out: Path, train: Path, task: str, **options) -> Path:
 
     reset_accelerate_state()
     read = options.pop("read", {})
-    settings = {**TINY, **TRAINING, **options}
+    settings = {**TINY, **API, **options}
     if "model_dir" in settings:
         settings = {k: v for k, v in settings.items() if k not in TINY}
     config = FinetuneConfig(
@@ -188,12 +193,14 @@ def multiclass_cli(work: Path) -> Path:
     """3 classes a/b/c from CSV, a new encoder, through the command line."""
     train = write_csv(classes(240, ["a", "b", "c"], seed=0), work / "abc.csv")
     out = work / "abc"
-    cli(
-        "finetune", "--train", train, "--task", "classification", "--out", out,
-        "--preset", "tiny", "--tokenizer", "dna-kmer:k=3", "--lr", LR,
-        "--max-tokens", 1024, "--bootstrap", 20,
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        cli(
+            "finetune", "--train", train, "--task", "classification", "--out", out,
+            "--preset", "tiny", "--tokenizer", "dna-kmer:k=3", "--lr", LR,
+            "--max-tokens", 1024, "--bootstrap", 20,
         "max_steps=30", "model.hidden_size=32", "model.ffn_size=64",
-    )  # fmt: skip
+        )  # fmt: skip
+    (work / "abc_stdout.txt").write_text(printed.getvalue())
     return out
 
 
@@ -206,6 +213,11 @@ def test_multiclass_csv_new_model_through_the_cli(multiclass_cli, work):
     """Issue 21: 3+ classes crashed after training and in ``evaluate --report-dir``."""
     run = multiclass_cli
     assert held_out_metrics(run)["mcc"] > 0.6  # chance: 0
+    printed = (work / "abc_stdout.txt").read_text()
+    # no silent minutes after training: each step of the final evaluation says what it does
+    steps = ["on valid: 24 records, 20 bootstrap", "on test: 24 records", "writing the plots"]
+    positions = [printed.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), printed
     report = (run / "report.html").read_text()
     assert "3-class classification (a, b, c) of abc.csv, model: new tiny encoder" in report
     new = write_csv(classes(60, ["a", "b", "c"], seed=1), work / "abc_new.csv")
