@@ -171,15 +171,26 @@ def decision_note(task: TaskInfo) -> str | None:
 
 
 def verdict_lines(verdict: Mapping[str, Any]) -> list[str]:
-    """The verdict of ``metrics.json`` (model against its composition baseline) in words."""
+    """The verdict of ``metrics.json`` (model against its composition baseline) in words;
+    ``ci95`` is null when no bootstrap resamples were drawn."""
     metric, baseline = verdict["metric"], verdict["baseline"]
-    low, high = verdict["ci95"]
+    where = (
+        f" on the {SECTION_HEADINGS.get(verdict['split'], verdict['split'])}"
+        if "split" in verdict
+        else ""
+    )
+    difference = f"model minus baseline: {verdict['difference']:+.3f}"
+    if verdict.get("ci95") is not None:
+        low, high = verdict["ci95"]
+        difference += (
+            f" (95% CI {low:+.3f} to {high:+.3f}, paired bootstrap over "
+            f"{verdict['bootstrap_samples']} resamples)"
+        )
     outcome = "beats" if verdict["beats_baseline"] else "does not beat"
     return [
-        f"{metric}: model {verdict['model']:.3f}, baseline ({baseline['name']}) "
+        f"{metric}{where}: model {verdict['model']:.3f}, baseline ({baseline['name']}) "
         f"{baseline['value']:.3f}",
-        f"model minus baseline: {verdict['difference']:+.3f} (95% CI {low:+.3f} to "
-        f"{high:+.3f}, paired bootstrap over {verdict['bootstrap_samples']} resamples)",
+        difference,
         f"the model {outcome} the baseline",
     ]
 

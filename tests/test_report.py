@@ -259,6 +259,13 @@ def test_report_puts_the_verdict_first_and_writes_values_not_reprs(binary_run):
     assert "task: binary classification (neg, pos)" in table.items
     for repr_text in ("None", "['", "data accuracy"):
         assert repr_text not in text
+    without_bootstrap = {**VERDICT, "ci95": None, "split": "test", "n": 60}
+    lines = report.verdict_lines(without_bootstrap)
+    assert lines[0] == (
+        "mcc on the test split: model 0.610, baseline (k-mer (3-6) counts + logistic "
+        "regression) 0.450"
+    )
+    assert lines[1] == "model minus baseline: +0.160"
 
 
 def test_evaluate_report_has_no_data_rows(binary_run):
