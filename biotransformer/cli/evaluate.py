@@ -141,6 +141,12 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
         labelled=task.has_labels,
         alphabet=model.tokenizer.alphabet,
     )
+    if is_main(accelerator):
+        print(
+            f"evaluating {len(records)} records of {args.data} "
+            f"({args.bootstrap} bootstrap resamples for the 95% CIs)",
+            file=sys.stderr,
+        )
     try:
         metrics, predictions = evaluate_records(
             model,
