@@ -506,7 +506,7 @@ def final_evaluation(
     metrics: dict[str, Any] = {
         "task": config.task,
         "labels": task.labels,
-        "threshold": task.threshold,
+        "threshold": task.decision_threshold,
         "rc_average": task.rc_average,
         "seed": config.training.seed,
         "bootstrap_seed": 0,

@@ -472,8 +472,10 @@ def metrics_from_scores(
     settings = {"bootstrap": bootstrap, "seed": seed, "progress": BOOTSTRAP_PROGRESS}
     if task.problem == "regression":
         result = evaluate_predictions(task.problem, truth, scores[:, 0], **settings)
+    elif task.decision_threshold is None:  # multi-class: the arg-max decides
+        result = evaluate_predictions(task.problem, truth, scores, **settings)
     else:
-        threshold = 0.5 if task.threshold is None else task.threshold
+        threshold = task.decision_threshold
         result = evaluate_predictions(task.problem, truth, scores, threshold=threshold, **settings)
         result["threshold"] = threshold
     return result

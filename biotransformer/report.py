@@ -149,12 +149,12 @@ def describe_task(task: TaskInfo) -> str:
     return f"{kind} classification ({labels})"
 
 
-def _threshold_text(threshold: float | list[float] | None) -> str:
-    if threshold is None:
-        return "0.5 (the default)"
+def _threshold_text(task: TaskInfo) -> str:
+    threshold = task.decision_threshold
+    origin = "the default" if task.threshold is None else "stored with the model"
     if isinstance(threshold, list):
-        return ", ".join(f"{value:.3g}" for value in threshold) + " (stored with the model)"
-    return f"{threshold:.3g} (stored with the model)"
+        return ", ".join(f"{value:.3g}" for value in threshold) + f" ({origin})"
+    return f"{threshold:.3g} ({origin})"
 
 
 def decision_note(task: TaskInfo) -> str | None:
@@ -162,10 +162,10 @@ def decision_note(task: TaskInfo) -> str | None:
     if task.problem == "regression":
         return None
     if task.problem == "multilabel":
-        return f"decision: a label is on when its probability >= {_threshold_text(task.threshold)}"
+        return f"decision: a label is on when its probability >= {_threshold_text(task)}"
     if task.problem == "binary" and task.spec.classes:
         positive = task.labels[1]
-        return f"decision: {positive} when P({positive}) >= {_threshold_text(task.threshold)}"
+        return f"decision: {positive} when P({positive}) >= {_threshold_text(task)}"
     unit = " of each token" if task.spec.per_token else ""
     return f"decision: the most probable class{unit}"
 

@@ -213,6 +213,8 @@ def test_multiclass_csv_new_model_through_the_cli(multiclass_cli, work):
     """Issue 21: 3+ classes crashed after training and in ``evaluate --report-dir``."""
     run = multiclass_cli
     assert held_out_metrics(run)["mcc"] > 0.6  # chance: 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["threshold"] is None and "threshold" not in metrics["test"]  # arg-max
     printed = (work / "abc_stdout.txt").read_text()
     # no silent minutes after training: each step of the final evaluation says what it does
     steps = ["on valid: 24 records, 20 bootstrap", "on test: 24 records", "writing the plots"]
@@ -246,6 +248,8 @@ def test_binary_fasta_new_model(work):
     train = write_fasta(classes(200, ["neg", "pos"], seed=2), work / "binary.fa", "class")
     run = finetune_api(work / "binary", train, "classification", read={"label_from": "key:class"})
     assert held_out_metrics(run)["mcc"] > 0.6
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["threshold"] == metrics["test"]["threshold"] == 0.5  # what decided
     new = write_fasta(classes(60, ["neg", "pos"], seed=3), work / "binary_new.fa", "class")
     evaluation, rows = use(run, new, "--label-from", "key:class")
     assert evaluation["metrics"]["auroc"]["value"] > 0.85  # chance: 0.5
