@@ -49,6 +49,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.report": "presentation",
     # runtime: the accelerator, processes, checkpoints and run directories
     "biotransformer.runtime": "runtime",
+    "biotransformer.sharding": "runtime",
     "biotransformer.checkpointing": "runtime",
     "biotransformer.outputs": "runtime",
     # workflows: runs of a model
@@ -63,6 +64,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.baselines": "workflows",
     "biotransformer.quickstart": "workflows",
     "biotransformer.dataset_cards": "workflows",
+    "biotransformer.api": "workflows",  # the Python API; it implements the models' embed...
     # cli: one module per command
     "biotransformer.__main__": "cli",
     "biotransformer.cli": "cli",

@@ -1,7 +1,9 @@
-"""Every fenced shell block of the README runs as written, except a short reviewed list.
+"""Every fenced shell and Python block of the README runs as written, except a short reviewed
+list.
 
-Blocks run in README order: the usage blocks work on the files the main job's quickstart
-leaves in ``quickstart-run/``."""
+Blocks run in README order: the usage blocks (commands and the "Python API" snippets) work on
+the files the main job's quickstart leaves in ``quickstart-run/``. A Python block runs as a
+script of its own (``python -c``) with the Python running the tests."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-BLOCK_PATTERN = re.compile(r"^```bash(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.S | re.M)
+BLOCK_PATTERN = re.compile(
+    r"^```(?P<language>bash|python)(?P<info>[^\n]*)\n(?P<body>.*?)^```", re.S | re.M
+)
 
 # Blocks that cannot run inside this test, each with its reason. Keep this list short.
 NOT_RUN = {
@@ -22,14 +26,15 @@ NOT_RUN = {
 }
 
 
-def readme_blocks() -> dict[str, str]:
+def readme_blocks() -> dict[str, tuple[str, str]]:
+    """Each named block's (language, body), in README order."""
     text = (REPO_ROOT / "README.md").read_text()
-    blocks: dict[str, str] = {}
+    blocks: dict[str, tuple[str, str]] = {}
     for match in BLOCK_PATTERN.finditer(text):
         name = re.search(r"name=(\S+)", match["info"])
-        assert name, f"README bash block without a name=...: {match['body'][:60]!r}"
+        assert name, f"README {match['language']} block without a name=...: {match['body'][:60]!r}"
         assert name[1] not in blocks, f"README block name {name[1]!r} used twice"
-        blocks[name[1]] = match["body"]
+        blocks[name[1]] = (match["language"], match["body"])
     return blocks
 
 
@@ -66,8 +71,10 @@ def test_readme_block_runs(name):
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    language, body = readme_blocks()[name]
+    command = [sys.executable, "-c"] if language == "python" else ["bash", "-euo", "pipefail", "-c"]
     result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_blocks()[name]],
+        [*command, body],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

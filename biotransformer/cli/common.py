@@ -1,8 +1,9 @@
 """Flags and input reading shared by the commands that run a model over sequence files.
 
 Input columns and batch size (embed, predict, evaluate, saliency, plot-embeddings), windows for
-long records and strand averaging (predict, evaluate, embed), and reading the ``--input`` records
-with the model's alphabet (embed, predict). Each flag keeps one name, default and help text here.
+long records and strand averaging (predict, evaluate, embed), and the keyword arguments of the
+Python API (``biotransformer.api``) they become. Each flag keeps one name, default and help text
+here.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
 
 def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on its device."""
-    from biotransformer.heads import load_model
+    from biotransformer.api import load_model
     from biotransformer.runtime import launched_accelerator
 
     accelerator = launched_accelerator()
@@ -84,40 +85,23 @@ def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
     """The model's task, with ``--threshold`` (when given) as its decision threshold."""
-    task = model.task
-    if args.threshold is not None:
-        task.threshold = args.threshold
-    return task
+    from biotransformer.api import task_with_threshold
+
+    return task_with_threshold(model, args.threshold)
 
 
-def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
-    """Every unlabelled record of ``--input``, checked against the model's alphabet (a
-    record of the other alphabet is refused with the fix for this command: another model)."""
-    from biotransformer.errors import InputError
-    from biotransformer.io import read_sequences
+def reading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's keyword arguments of the column flags (``add_column_options``)."""
+    return {
+        "sequence_column": args.sequence_column,
+        "id_column": args.id_column,
+        "duplicate_ids": args.duplicate_ids,
+    }
 
-    try:
-        return list(
-            read_sequences(
-                args.input,
-                sequence_column=args.sequence_column,
-                id_column=args.id_column,
-                label_column=None,
-                alphabet=model.tokenizer.alphabet,
-                duplicate_ids=args.duplicate_ids,
-            )
-        )
-    except InputError as error:
-        if not error.problem.startswith("this looks like"):
-            raise
-        other = "DNA" if model.tokenizer.alphabet == "protein" else "protein"
-        raise InputError(
-            f"{error.problem}, and --model {args.model} reads {model.tokenizer.alphabet}",
-            path=error.path,
-            record=error.record,
-            line=error.line,
-            fix=f"use a {other} model, or check the file",
-        ) from None
+
+def window_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's keyword arguments of the window flags (``add_window_options``)."""
+    return {"window_overlap": args.window_overlap, "window_aggregate": args.window_aggregate}
 
 
 @contextmanager
@@ -171,16 +155,7 @@ def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = Tr
 
 
 def window_options(args: argparse.Namespace, model: Any) -> Any:
-    """The ``WindowOptions`` the flags ask for; a ``--window-overlap`` that is not smaller
-    than ``model``'s window (in letters) is refused before any work."""
-    from biotransformer.errors import ConfigError
-    from biotransformer.windows import WindowOptions, first_window_size
+    """The ``WindowOptions`` the flags ask for (``api.window_options``)."""
+    from biotransformer.api import window_options as options
 
-    size = first_window_size(model.tokenizer, model.config.max_length)
-    if args.window_overlap is not None and args.window_overlap >= size:
-        raise ConfigError(
-            f"--window-overlap {args.window_overlap} is not smaller than the window of "
-            f"--model {args.model} ({size} letters). Fix: give a --window-overlap below {size} "
-            "(default: a quarter of the window)"
-        )
-    return WindowOptions(overlap=args.window_overlap, aggregate=args.window_aggregate)
+    return options(model, args.window_overlap, args.window_aggregate)

@@ -10,9 +10,8 @@ from biotransformer.cli.common import (
     add_window_options,
     any_int,
     load_launched_model,
-    naming_input,
-    read_input_records,
-    window_options,
+    reading_options,
+    window_arguments,
 )
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
@@ -53,24 +52,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Embed and write the HDF5 file."""
-    from biotransformer.inference import embed_records, write_embeddings_h5
+    """Embed (``biotransformer.api.embed``) and write the HDF5 file."""
+    from biotransformer.api import embed
+    from biotransformer.inference import write_embeddings_h5
     from biotransformer.runtime import is_main
 
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
     accelerator, model = load_launched_model(args)
-    windows = window_options(args, model)
-    records = read_input_records(args, model)
-    with naming_input(args.input):
-        embeddings = embed_records(
-            model,
-            records,
-            layers=args.layers,
-            per_token=args.per_token,
-            max_tokens=args.max_tokens,
-            accelerator=accelerator,
-            windows=windows,
-        )
+    embeddings = embed(
+        model,
+        args.input,
+        layers=args.layers,
+        per_token=args.per_token,
+        max_tokens=args.max_tokens,
+        accelerator=accelerator,
+        **window_arguments(args),
+        **reading_options(args),
+    )
     if not is_main(accelerator):
         return 0
     write_embeddings_h5(
@@ -78,5 +76,6 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         attributes={"model": str(args.model), "tokenizer": model.tokenizer.spec},
     )
-    print(f"{len(records)} embeddings of width {embeddings.pooled.shape[1]} written to {args.out}")
+    count, width = embeddings.pooled.shape
+    print(f"{count} embeddings of width {width} written to {args.out}")
     return 0

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the attention weights and write the PNG."""
-    from biotransformer.heads import load_model
+    from biotransformer.api import load_model
     from biotransformer.visualize import plot_attention_of
 
     check_output_file(args.out, inputs=[args.model, args.input], overwrite=args.overwrite)

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed, project and write the PNG."""
-    from biotransformer.heads import load_model
+    from biotransformer.api import load_model
     from biotransformer.io import read_sequences
     from biotransformer.visualize import plot_embeddings_of
 

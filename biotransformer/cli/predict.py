@@ -9,11 +9,9 @@ from biotransformer.cli.common import (
     add_max_tokens_option,
     add_window_options,
     load_launched_model,
-    load_task_with_threshold,
-    naming_input,
     probability,
-    read_input_records,
-    window_options,
+    reading_options,
+    window_arguments,
 )
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
@@ -52,29 +50,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict and write the TSV."""
-    from biotransformer.inference import predict_records, write_predictions_tsv
+    """Predict (``biotransformer.api.predict``) and write the TSV."""
+    from biotransformer.api import predict
+    from biotransformer.inference import write_predictions_tsv
     from biotransformer.runtime import is_main
 
     check_output_file(
         args.out, inputs=[args.input, args.model], overwrite=args.overwrite, allow_stdout=True
     )
     accelerator, model = load_launched_model(args)
-    task = load_task_with_threshold(args, model)
-    windows = window_options(args, model)
-    records = read_input_records(args, model)
-    with naming_input(args.input):
-        predictions = predict_records(
-            model,
-            records,
-            task,
-            max_tokens=args.max_tokens,
-            accelerator=accelerator,
-            windows=windows,
-            rc_average=args.rc_average,
-        )
+    predictions = predict(
+        model,
+        args.input,
+        threshold=args.threshold,
+        rc_average=args.rc_average,
+        max_tokens=args.max_tokens,
+        accelerator=accelerator,
+        **window_arguments(args),
+        **reading_options(args),
+    )
     if not is_main(accelerator):
         return 0
     write_predictions_tsv(predictions, args.out)
-    print(f"{len(records)} predictions written to {args.out}", file=report_stream(args.out))
+    count = len(predictions.ids)
+    print(f"{count} predictions written to {args.out}", file=report_stream(args.out))
     return 0

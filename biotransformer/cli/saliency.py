@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     """Explain the first records and write tables and plots."""
     from itertools import islice
 
-    from biotransformer.heads import load_model
+    from biotransformer.api import load_model
     from biotransformer.io import read_sequences
     from biotransformer.saliency import explain, file_stem, write_saliency, write_saliency_index
 

@@ -55,32 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, check, score and write the variants."""
-    from biotransformer.heads import load_model
-    from biotransformer.variants import (
-        read_reference,
-        read_variants,
-        score_head,
-        score_masked_lm,
-        write_scores_tsv,
-    )
+    """Read, check and score the variants (``biotransformer.api.score_variants``), write them."""
+    from biotransformer.api import load_model, score_variants
+    from biotransformer.variants import write_scores_tsv
 
     inputs = [args.model, args.reference, args.variants]
     check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, allow_stdout=True)
     model = load_model(args.model, require_tokenizer=True)
-    task = model.task
-    reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
-    variants = read_variants(args.variants, reference)
-    if not task.has_labels:
-        methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-        scores = score_masked_lm(
-            model, variants, reference, methods=methods, batch_size=args.batch_size
-        )
-    else:
-        scores = score_head(model, task, variants, reference, max_tokens=args.max_tokens)
-    write_scores_tsv(variants, scores, args.out)
+    result = score_variants(
+        model,
+        args.reference,
+        args.variants,
+        methods=[method.strip() for method in args.methods.split(",") if method.strip()],
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+    )
+    write_scores_tsv(result.variants, result.scores, args.out)
     print(
-        f"{len(variants)} variants scored ({', '.join(scores)}) to {args.out}",
+        f"{len(result.variants)} variants scored ({', '.join(result.scores)}) to {args.out}",
         file=report_stream(args.out),
     )
     return 0
