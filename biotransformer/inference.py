@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -414,10 +414,35 @@ def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]
 # ---------------------------------------------------------------------------------------------
 
 
+def _numeric_spellings(labels: Sequence[str]) -> dict[float, str]:
+    """Number -> the model's spelling of it, when every class label is a number (else {})."""
+    spellings = {}
+    for label in labels:
+        try:
+            spellings[float(label)] = label
+        except ValueError:
+            return {}
+    return spellings
+
+
+def _spelled_as_model(value: str, spellings: Mapping[float, str]) -> str:
+    """``value`` in the model's spelling of its numeric class (``1.0`` -> ``1``), else as is."""
+    try:
+        return spellings.get(float(value), value)
+    except ValueError:
+        return value
+
+
+# The name of the progress bar of the bootstrap confidence intervals.
+BOOTSTRAP_PROGRESS = "bootstrap (95% CIs)"
+
+
 def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarray:
     """The labels of ``records`` as metric inputs: class ids (N,), a 0/1 matrix (N, C) for
-    multilabel, values (N,) for regression. An unknown label or a missing one is an error."""
+    multilabel, values (N,) for regression. Numeric class labels match by value (``1.0`` is
+    the model's class ``1``); an unknown label or a missing one is an error."""
     index = {label: i for i, label in enumerate(task.labels)}
+    spellings = _numeric_spellings(task.labels)
     rows = []
     for record in records:
         label = record.label
@@ -431,11 +456,14 @@ def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarr
         if task.spec.label_type == "numeric":
             rows.append(float(label))
             continue
-        values = label if isinstance(label, tuple) else (str(label),)
+        values = tuple(
+            _spelled_as_model(value, spellings)
+            for value in (label if isinstance(label, tuple) else (str(label),))
+        )
         unknown = [value for value in values if value not in index]
         if unknown:
             raise InputError(
-                f"label {unknown[0]!r} is not one the model knows ({task.labels})",
+                f"label {unknown[0]!r} is not one the model knows ({', '.join(task.labels)})",
                 record=record.id,
                 line=record.line,
                 fix="evaluate on data labelled like the training data",
@@ -468,7 +496,7 @@ def token_targets(task: TaskInfo, record: SequenceRecord, offsets: np.ndarray) -
             character = label[start]
             if character not in index:
                 raise InputError(
-                    f"label {character!r} is not one the model knows ({task.labels})",
+                    f"label {character!r} is not one the model knows ({', '.join(task.labels)})",
                     record=record.id,
                     line=record.line,
                     position=start + 1,
@@ -530,16 +558,16 @@ def evaluate_records(
 def metrics_from_scores(
     task: TaskInfo, truth: np.ndarray, scores: np.ndarray, *, bootstrap: int, seed: int
 ) -> dict[str, Any]:
-    """``evaluate_predictions`` with the task's threshold; regression scores are values."""
+    """``evaluate_predictions`` with the task's threshold (the bootstrap's progress shown on
+    a terminal); regression scores are values."""
+    settings = {"bootstrap": bootstrap, "seed": seed, "progress": BOOTSTRAP_PROGRESS}
     if task.problem == "regression":
-        result = evaluate_predictions(
-            task.problem, truth, scores[:, 0], bootstrap=bootstrap, seed=seed
-        )
+        result = evaluate_predictions(task.problem, truth, scores[:, 0], **settings)
+    elif task.decision_threshold is None:  # multi-class: the arg-max decides
+        result = evaluate_predictions(task.problem, truth, scores, **settings)
     else:
-        threshold = 0.5 if task.threshold is None else task.threshold
-        result = evaluate_predictions(
-            task.problem, truth, scores, bootstrap=bootstrap, seed=seed, threshold=threshold
-        )
+        threshold = task.decision_threshold
+        result = evaluate_predictions(task.problem, truth, scores, threshold=threshold, **settings)
         result["threshold"] = threshold
     return result
 
@@ -569,7 +597,12 @@ def _evaluate_tokens(
     scores = np.concatenate(predictions.scores)
     keep = targets != IGNORE_INDEX
     result = evaluate_predictions(
-        task.problem, targets[keep], scores[keep], bootstrap=bootstrap, seed=seed
+        task.problem,
+        targets[keep],
+        scores[keep],
+        bootstrap=bootstrap,
+        seed=seed,
+        progress=BOOTSTRAP_PROGRESS,
     )
     result["unit"] = "token"
     return result, predictions
