@@ -166,16 +166,26 @@ def _read_file(
     id_column: str | int | None,
     duplicate_ids: Literal["error", "warn", "allow"],
 ) -> list[SequenceRecord]:
+    return list(iter_file_records(path, tokenizer, sequence_column, id_column, duplicate_ids))
+
+
+def iter_file_records(
+    path: PathLike,
+    tokenizer: Tokenizer,
+    sequence_column: str | int,
+    id_column: str | int | None,
+    duplicate_ids: Literal["error", "warn", "allow"],
+) -> Iterator[SequenceRecord]:
+    """The unlabelled records of a file one at a time (streamed commands), checked against
+    ``tokenizer``'s alphabet."""
     try:
-        return list(
-            read_sequences(
-                path,
-                sequence_column=sequence_column,
-                id_column=id_column,
-                label_column=None,
-                alphabet=tokenizer.alphabet,  # type: ignore[arg-type]
-                duplicate_ids=duplicate_ids,
-            )
+        yield from read_sequences(
+            path,
+            sequence_column=sequence_column,
+            id_column=id_column,
+            label_column=None,
+            alphabet=tokenizer.alphabet,  # type: ignore[arg-type]
+            duplicate_ids=duplicate_ids,
         )
     except InputError as error:
         if not error.problem.startswith("this looks like"):

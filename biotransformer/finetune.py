@@ -420,7 +420,13 @@ class FinetuneRecipe:
             merge_lora(network).save_pretrained(self.model_dir)
         accelerator.wait_for_everyone()
         metrics = final_evaluation(
-            self.config, self.model_dir, self.splits, accelerator, self.report, best_step
+            self.config,
+            self.model_dir,
+            self.splits,
+            accelerator,
+            self.report,
+            best_step,
+            model_name=describe_start(self.config, self.run_info["alphabet"]),
         )
         elapsed = time.perf_counter() - self.started
         if accelerator.is_main_process:
@@ -463,6 +469,19 @@ def _target_counter(task: str) -> Any:
     return lambda batch: len(batch["input_ids"])
 
 
+def describe_start(config: FinetuneConfig, alphabet: str) -> str:
+    """The model a fine-tune starts from, in words, for the report's title."""
+    if config.model_dir is None:
+        start = f"new {config.preset or DEFAULT_PRESETS[alphabet]} encoder"
+    else:
+        start = f"warm start from {config.model_dir}"
+    if config.lora is not None:
+        start += " with LoRA adapters"
+    elif config.freeze_encoder:
+        start += " (encoder frozen)"
+    return start
+
+
 def final_evaluation(
     config: FinetuneConfig,
     model_dir: Path,
@@ -470,10 +489,13 @@ def final_evaluation(
     accelerator: Accelerator,
     report: SplitReport,
     best_step: int,
+    *,
+    model_name: str,
 ) -> dict[str, Any]:
     """Reload the selected model; tune the threshold on validation if asked (stored in the
     head section of its ``config.json``); evaluate validation and, once, test; write the
-    prediction TSVs."""
+    prediction TSVs and the report (titled with ``model_name``), saying what it does as it
+    goes."""
     model = load_model(model_dir).to(accelerator.device)
     task = model.task
     if config.tune_threshold and task.problem in ("binary", "multilabel"):
@@ -492,7 +514,7 @@ def final_evaluation(
     metrics: dict[str, Any] = {
         "task": config.task,
         "labels": task.labels,
-        "threshold": task.threshold,
+        "threshold": task.decision_threshold,
         "rc_average": task.rc_average,
         "seed": config.training.seed,
         "bootstrap_seed": 0,
@@ -502,6 +524,10 @@ def final_evaluation(
     for name in ("valid", "test"):
         if name not in splits:
             continue
+        accelerator.print(
+            f"evaluating the selected model (step {best_step}) on {name}: "
+            f"{len(splits[name])} records, {config.bootstrap} bootstrap resamples for the 95% CIs"
+        )
         result, predictions = evaluate_records(
             model,
             splits[name],
@@ -516,6 +542,7 @@ def final_evaluation(
             write_predictions_tsv(predictions, output_dir / f"predictions_{name}.tsv")
         last_split, last_predictions = name, predictions
     if config.plots and accelerator.is_main_process:
+        accelerator.print(f"writing the plots and {output_dir / 'report.html'}")
         sections = {name: metrics[name] for name in ("valid", "test") if name in metrics}
         write_run_report(
             output_dir,
@@ -523,6 +550,9 @@ def final_evaluation(
             splits[last_split],
             last_predictions,
             sections,
+            data=Path(config.train).name,
+            model=model_name,
             log_path=output_dir / "log.jsonl",
+            verdict=metrics.get("verdict"),
         )
     return metrics

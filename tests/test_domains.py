@@ -663,7 +663,7 @@ def test_a_malformed_fair_esm_file_is_one_line_naming_it(
     [
         ("no-config", "config.json: not found"),
         ("config-not-json", "config.json: cannot be read by transformers"),
-        ("bert", "model_type 'bert' is not 'esm'"),
+        ("bert", "model_type 'bert' is not one of ['esm', 'esmc']"),
         ("unknown-model-type", "config.json: cannot be read by transformers"),
         ("no-weights", "its weights cannot be loaded"),
         ("truncated-weights", "its weights cannot be loaded"),
@@ -706,7 +706,7 @@ def test_a_malformed_hf_directory_is_one_line_naming_it(
     status, err = convert("hf", directory, tmp_path, capsys)
     assert status == 2
     assert str(directory) in err and says in err
-    assert "Fix: pass a local HuggingFace ESM directory" in err
+    assert "Fix: pass a local HuggingFace ESM or ESM C directory" in err
     assert len(err.strip().splitlines()) == 1
 
 

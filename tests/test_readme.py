@@ -44,6 +44,26 @@ def test_every_block_is_named_and_skips_are_real_blocks():
     assert set(NOT_RUN) <= set(blocks), "NOT_RUN names a block the README no longer has"
 
 
+def test_biology_example_mutates_the_tata_box_where_a_promoter_has_it():
+    """The biology block scores a promoter of the quickstart's task: its TATA box starts
+    where ``synthetic`` plants promoter boxes, the ``in-tata-box`` variant changes a base of
+    that box (its ref letter is the sequence's) and ``outside-box`` one far from it."""
+    from biotransformer.synthetic import SyntheticTask
+
+    block = readme_blocks()["biology"]
+    sequence = re.search(r"printf '>tss\\n([ACGT]+)\\n'", block)[1]
+    task = SyntheticTask()
+    assert len(sequence) == task.length
+    box = sequence.find(task.box)
+    assert box in task.promoter_starts() and sequence.count(task.box) == 1
+    variants = re.search(r"printf 'id\\tposition\\tref\\talt\\n(.*?)' >", block)[1]
+    rows = [row.split("\\t") for row in variants.split("\\n") if row]
+    positions = {name: int(position) - 1 for name, position, _, _ in rows}  # 1-based in the TSV
+    assert all(sequence[int(position) - 1] == ref for _, position, ref, _ in rows)
+    assert box <= positions["in-tata-box"] < box + len(task.box)
+    assert abs(positions["outside-box"] - box) >= task.decoy_distance
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", [n for n in readme_blocks() if n not in NOT_RUN])

@@ -6,8 +6,10 @@ import argparse
 
 from biotransformer.cli.common import (
     add_column_options,
+    add_device_options,
     add_max_tokens_option,
     add_model_option,
+    load_placed_model,
     naming_input,
     reading_options,
 )
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite_option(parser)
     add_column_options(parser)
     add_max_tokens_option(parser)
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -40,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write the contact maps."""
     import json
 
-    from biotransformer.api import load_model, read_records
+    from biotransformer.api import read_records
     from biotransformer.contacts import contact_maps, write_contacts_h5
 
     check_output_file(args.out, inputs=[args.input, args.model], overwrite=args.overwrite)
-    model = load_model(args.model, require_tokenizer=True)
+    model = load_placed_model(args)
     records = read_records(args.input, model.tokenizer, **reading_options(args))
     with naming_input(args.input):
         write_contacts_h5(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_model_option, positive_int
+from biotransformer.cli.common import (
+    add_device_options,
+    add_model_option,
+    add_resume_option,
+    load_placed_model,
+    positive_int,
+    stream_fingerprint,
+)
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
 
@@ -19,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "VCF of single-base substitutions; every reference letter is checked. Masked-LM "
             "models: masked_marginal and wt_marginal log-odds (as ESM-1v; combinations sum "
             "their sites) and, with --methods, pll_diff. Fine-tuned heads: delta_<label>, the "
-            "mutant's prediction minus the wild type's. Writes one TSV row per variant."
+            "mutant's prediction minus the wild type's. Writes one TSV row per variant, chunk by "
+            "chunk (--chunk-records variants); --resume continues a run that was stopped."
         ),
     )
     add_model_option(parser, "a model")
@@ -33,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, metavar="FILE.tsv", help="scores TSV ('-': standard output)"
     )
     add_overwrite_option(parser)
+    add_resume_option(parser, "variants")
     parser.add_argument(
         "--methods",
         default="masked_marginal,wt_marginal",
@@ -51,28 +60,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16384,
         help="fine-tuned heads: padded tokens per batch (default: %(default)s)",
     )
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, check and score the variants (``biotransformer.api.score_variants``), write them."""
-    from biotransformer.api import load_model, score_variants
-    from biotransformer.variants import write_scores_tsv
+    """Read and check the variants, then score them chunk by chunk, appending each chunk's
+    rows to the table (resumable)."""
+    from biotransformer.streaming import TableStream
+    from biotransformer.variants import (
+        read_reference,
+        read_variants,
+        score_head,
+        score_masked_lm,
+        score_names,
+        score_rows,
+    )
 
     inputs = [args.model, args.reference, args.variants]
     check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, allow_stdout=True)
-    model = load_model(args.model, require_tokenizer=True)
-    result = score_variants(
+    model = load_placed_model(args)
+    task = model.task
+    reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
+    variants = read_variants(args.variants, reference)
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    names = score_names(model, methods)
+    fingerprint = stream_fingerprint(
+        args,
         model,
-        args.reference,
-        args.variants,
-        methods=[method.strip() for method in args.methods.split(",") if method.strip()],
+        {"reference": args.reference, "variants": args.variants},
+        methods=methods,
         batch_size=args.batch_size,
         max_tokens=args.max_tokens,
     )
-    write_scores_tsv(result.variants, result.scores, args.out)
+    table = TableStream(
+        args.out,
+        fingerprint,
+        header=["id", "record", "mutations", *names],
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    kept = table.done
+    for start in range(kept, len(variants), args.chunk_records):
+        chunk = variants[start : start + args.chunk_records]
+        if task.has_labels:
+            scores = score_head(model, task, chunk, reference, max_tokens=args.max_tokens)
+        else:
+            scores = score_masked_lm(
+                model, chunk, reference, methods=methods, batch_size=args.batch_size
+            )
+        table.append(score_rows(chunk, scores))
+    table.finish()
+    resumed = f" ({kept} kept from the stopped run)" if kept else ""
     print(
-        f"{len(result.variants)} variants scored ({', '.join(result.scores)}) to {args.out}",
+        f"{len(variants)} variants scored ({', '.join(names)}) to {args.out}{resumed}",
         file=report_stream(args.out),
     )
     return 0
