@@ -200,23 +200,13 @@ def test_import_model_converts_once_and_keeps_the_source(offline, tmp_path):
     assert native == source.path and not (tmp_path / "unused").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(150)
-def test_embed_by_hub_name_offline_from_hf_home(hub_home, tmp_path):
-    """The command line as a user runs it: HF_HOME and HF_HUB_OFFLINE=1 in the environment."""
+def test_embed_by_hub_name(offline, tmp_path):
+    from biotransformer.cli import main
+
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(SEQUENCES)))
-    env = {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_HUB_CACHE", None)
     argv = ["embed", "--model", "test-org/tiny-esm@v1", "--input", str(fasta)]
-    result = subprocess.run(
-        [sys.executable, "-m", "biotransformer", *argv, "--out", str(tmp_path / "e.h5")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=140,
-    )
-    assert result.returncode == 0, result.stderr
+    assert main([*argv, "--out", str(tmp_path / "e.h5")]) == 0
     with h5py.File(tmp_path / "e.h5") as handle:
         got = handle["embeddings"][:]
     hf = tiny_esm(1)
@@ -229,12 +219,11 @@ def test_embed_by_hub_name_offline_from_hf_home(hub_home, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-@pytest.mark.usefixtures("fresh_accelerate_state")
-def test_finetune_from_a_hub_name_records_the_resolved_commit(offline, tmp_path):
-    from biotransformer.config import FinetuneConfig
-    from biotransformer.finetune import finetune
-
+@pytest.mark.timeout(300)
+def test_finetune_by_hub_name_offline_from_hf_home_records_the_commit(hub_home, tmp_path):
+    """The command line as a user runs it: HF_HOME and HF_HUB_OFFLINE=1 in the environment
+    (a subprocess: fine-tuning in this process would import the ``finetune`` module over
+    ``bt.finetune``)."""
     rng = np.random.default_rng(0)
     rows = ["sequence,label"]
     for i in range(48):
@@ -243,16 +232,18 @@ def test_finetune_from_a_hub_name_records_the_resolved_commit(offline, tmp_path)
             residues[rng.integers(12)] = "W"
         rows.append(f"{''.join(residues)},{i % 2}")
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    finetune(
-        FinetuneConfig(
-            train=str(tmp_path / "train.csv"),
-            output_dir=str(tmp_path / "out"),
-            model_dir="test-org/tiny-esm@v1",
-            max_steps=4,
-            bootstrap=5,
-            plots=False,
-        )
+    env = {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    argv = ["finetune", "--train", str(tmp_path / "train.csv"), "--model", "test-org/tiny-esm@v1"]
+    argv += ["--out", str(tmp_path / "out"), "--bootstrap", "5", "max_steps=4", "plots=false"]
+    result = subprocess.run(
+        [sys.executable, "-m", "biotransformer", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
+    assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["base_model_source"] == {
         "source": "test-org/tiny-esm@v1",
