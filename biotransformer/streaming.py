@@ -20,6 +20,7 @@ Two formats: ``EmbeddingsStream`` (HDF5, resizable chunked datasets) and ``Table
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -147,6 +148,15 @@ class StagedOutput:
     def _close(self) -> None:
         """Flush and close what a format keeps open."""
 
+    def _discard_if_uncommitted(self) -> None:
+        """After a failed write: a staging file no chunk was committed to cannot be resumed,
+        so it is closed and removed (a committed one stays for ``--resume``)."""
+        if self.progress_path.is_file():
+            return
+        with contextlib.suppress(OSError):
+            self._close()
+        self.staging.unlink(missing_ok=True)
+
 
 class EmbeddingsStream(StagedOutput):
     """An embeddings HDF5 file grown chunk by chunk: ``embeddings`` (N, D) float32, ``ids``
@@ -258,17 +268,25 @@ class TableStream(StagedOutput):
         self._writer: Any = None
 
     def append(self, rows: Iterable[Sequence[str]]) -> None:
-        """Add the rows of one chunk of records."""
-        handle = self._handle or self._begin()
-        count = 0
-        for row in rows:
-            self._writer.writerow(row)
-            count += 1
-        handle.flush()
+        """Add the rows of one chunk of records. A failed write (a full disk) names ``--out``:
+        the error of a write to an open file carries no file name."""
+        try:
+            handle = self._handle or self._begin()
+            count = 0
+            for row in rows:
+                self._writer.writerow(row)
+                count += 1
+            handle.flush()
+            if not self.to_stdout:
+                os.fsync(handle.fileno())
+        except OSError as error:
+            if not self.to_stdout:
+                error.filename = error.filename or str(self.path)
+                self._discard_if_uncommitted()
+            raise
         if self.to_stdout:
             self.state["records"] += count
             return
-        os.fsync(handle.fileno())
         self._commit(count, size=handle.tell())
 
     def _begin(self) -> IO[str]:
