@@ -24,6 +24,7 @@ import gzip
 import io
 import itertools
 import math
+import os
 import re
 import warnings
 import zlib
@@ -88,7 +89,7 @@ class SequenceRecord:
 
 
 def read_sequences(
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     format: Format | None = None,
     sequence_column: str | int = "sequence",
