@@ -39,6 +39,8 @@ FLAG_GROUPS: dict[str | None, dict[str, str]] = {
     },
     "training": {
         "--epochs": "epochs",
+        "--max-steps": "max_steps",
+        "--patience": "patience",
         "--lr": "training.lr",
         "--max-tokens": "max_tokens",
         "--max-length": "max_length",
@@ -121,6 +123,7 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 def run(args: argparse.Namespace) -> int:
     """Fine-tune and print where the results are; 130 when stopped by a signal."""
     from biotransformer.finetune import finetune
+    from biotransformer.verdict import verdict_lines
 
     result = finetune(build_config(args))
     if result.outcome == "interrupted":
@@ -130,5 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"{name} {entry['value']:.4f}" for name, entry in result.metrics[split]["metrics"].items()
     )
     print(f"{split}: {summary}")
+    if "verdict" in result.metrics:
+        print("\n".join(verdict_lines(result.metrics["verdict"])))
     print(f"model: {result.model_dir}; metrics: {result.output_dir / 'metrics.json'}")
     return 0
