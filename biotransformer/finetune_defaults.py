@@ -24,8 +24,9 @@ The rules, and why (figures measured with ``benchmarks/finetune_defaults.py``):
 - ``epochs``/``max_steps``: ``NEW_EPOCHS`` (new) or ``WARM_EPOCHS`` (warm) passes, but at
   least ``MIN_STEPS`` and at most ``MAX_STEPS`` optimizer steps: a 200-record set still gets
   enough updates, a 30000-record set stays within minutes.
-- ``evals_per_epoch``: about ``EVALUATIONS`` validation evaluations per run (at least one per
-  epoch), so that selection and early stopping see the curve (``training.eval_every``).
+- ``evals_per_epoch``: about ``EVALUATIONS`` validation evaluations per run, at least
+  ``EVALUATION_GAP`` steps apart and at least one per epoch, so that selection and early
+  stopping see the curve (``training.eval_every``).
 - ``patience``: stop after ``PATIENCE`` evaluations without a better validation score.
 """
 
@@ -50,7 +51,7 @@ BATCH_SEQUENCES = 32
 MIN_STEPS_PER_EPOCH = 10
 WARM_EPOCHS, NEW_EPOCHS = 3.0, 10.0
 MIN_STEPS, MAX_STEPS = 1000, 3000
-EVALUATIONS = 20
+EVALUATIONS, EVALUATION_GAP = 20, 10
 PATIENCE = 5
 
 
@@ -164,8 +165,12 @@ def resolve_length(
             f"{epochs:g} epochs of {steps_per_epoch} steps, within [{MIN_STEPS}, {MAX_STEPS}]",
         )
     if config.evals_per_epoch is None:
-        eval_every = max(min(steps_per_epoch, math.ceil(max_steps / EVALUATIONS)), 1)
-        reason = f"evals_per_epoch auto: about {EVALUATIONS} per run, at least one per epoch"
+        spread = max(math.ceil(max_steps / EVALUATIONS), EVALUATION_GAP)
+        eval_every = max(min(steps_per_epoch, spread), 1)
+        reason = (
+            f"evals_per_epoch auto: about {EVALUATIONS} per run, {EVALUATION_GAP}+ steps "
+            "apart, at least one per epoch"
+        )
     else:
         resolved.keep("evals_per_epoch")
         eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)

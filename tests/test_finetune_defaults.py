@@ -23,7 +23,7 @@ def config(**values) -> FinetuneConfig:
 
 def resolved_run(cfg: FinetuneConfig, lengths: list[int], steps_per_epoch: int, alphabet="dna"):
     resolved = resolve_setup(cfg, alphabet, lengths)
-    resolve_batch(resolved, np.asarray(lengths) + 2)
+    resolve_batch(resolved, np.asarray(lengths) + 2)  # token lengths: here 2 special tokens
     return resolved, resolve_length(resolved, resolved.config.training, steps_per_epoch)
 
 
@@ -188,9 +188,10 @@ def test_a_default_run_prints_and_writes_its_settings_stops_early_and_has_a_verd
     result = finetune(cfg)
     printed = capsys.readouterr().out
     assert "  training.lr = 0.002  (new encoder)" in printed
-    assert "  max_tokens = 288  (batches of about 9 records of 32 tokens)" in printed
+    # 96 training records of 31 tokens (30 bases and <cls>): 9 a batch, 10 steps an epoch
+    assert "  max_tokens = 279  (batches of about 9 records of 31 tokens)" in printed
     written = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
-    assert written["training"]["lr"] == 0.002 and written["max_tokens"] == 288
+    assert written["training"]["lr"] == 0.002 and written["max_tokens"] == 279
     assert written["patience"] == 1 and written["tokenizer"] == "dna"
     steps = result.metrics["steps"]
     rows = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().split()]
