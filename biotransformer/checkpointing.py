@@ -17,9 +17,11 @@ A checkpoint is ``<output_dir>/checkpoints/step-XXXXXXXX/``, written and read by
 Nothing is pickled, nothing is unpickled. Loading is strict: a file the list does not name, a
 missing one, a wrong key or shape is an error naming the file, and a ``.pkl``/``.bin``/``.pt``
 file (what older, Accelerate ``save_state`` based versions wrote, or what someone planted) is
-refused before anything is read. Sharded runs (FSDP, DeepSpeed) are refused: their state is
-not one model and one optimizer. The main process writes the model, optimizer, scheduler and
-state; every process writes its own random states. The folder is written under a hidden
+refused before anything is read. FSDP (version 2) runs gather their sharded model and
+optimizer to the main process on save and scatter them back on resume (``sharding``), so their
+checkpoints are these same files; DeepSpeed and Megatron-LM runs are refused (their state is
+not one model and one optimizer here). The main process writes the model, optimizer, scheduler
+and state; every process writes its own random states. The folder is written under a hidden
 ``.step-XXXXXXXX.partial`` name and renamed by the main process once every process has
 finished, so a run killed mid-save never leaves a folder that looks complete. Which checkpoint
 is newest is read from ``checkpoint.json``, never parsed from folder names.
@@ -46,13 +48,20 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from biotransformer.atomic import safetensors_os_errors, write_json
 from biotransformer.errors import ConfigError, ModelDirectoryError
+from biotransformer.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 
 CHECKPOINT_FILE = "checkpoint.json"
 FORMAT = "biotransformer-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
-SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+UNSUPPORTED = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
 # What reading a wrong or tampered file can raise (beyond our own checks).
 LOAD_ERRORS = (
     OSError,
@@ -355,11 +364,12 @@ class Checkpointer:
         scheduler: Any,
         state: Mapping[str, Stateful],
     ) -> None:
-        if accelerator.distributed_type in SHARDED:
+        if accelerator.distributed_type in UNSUPPORTED:
             raise ConfigError(
                 f"checkpoints of {accelerator.distributed_type.value} runs (sharded model or "
-                "optimizer state) are not supported. Fix: train with DDP "
-                "(recipes/accelerate/ddp.yaml) or on one process"
+                "optimizer state) are not supported. Fix: train with FSDP "
+                "(recipes/accelerate/fsdp.yaml), DDP (recipes/accelerate/ddp.yaml) or on one "
+                "process"
             )
         self.accelerator = accelerator
         self.directory = directory
@@ -395,14 +405,24 @@ class Checkpointer:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
+        sharded = is_sharded(accelerator)
+        if sharded:  # every process takes part in gathering; the main process gets the state
+            weights = full_model_state(self.model)
+            optimizer_state = full_optimizer_state(self.model, self.optimizer)
         with safetensors_os_errors(staging):  # a full disk is an OSError naming the folder
             document, tensors = _rng_pieces()
             rank = f"rng-rank{accelerator.process_index}"
             save_file(tensors, staging / f"{rank}.safetensors")
             _write_json(staging / f"{rank}.json", document)
             if accelerator.is_main_process:
-                save_model(self._network(), str(staging / MODEL_FILE))
-                document, tensors = _optimizer_pieces(self.optimizer.state_dict())
+                if sharded:
+                    tied = set(self._network().tied_weight_keys)
+                    kept = {name: value for name, value in weights.items() if name not in tied}
+                    save_file(kept, staging / MODEL_FILE)
+                else:
+                    save_model(self._network(), str(staging / MODEL_FILE))
+                    optimizer_state = self.optimizer.state_dict()
+                document, tensors = _optimizer_pieces(optimizer_state)
                 save_file(tensors, staging / "optimizer.safetensors")
                 _write_json(staging / "optimizer.json", document)
                 _write_json(staging / "scheduler.json", self.scheduler.state_dict())
@@ -419,6 +439,7 @@ class Checkpointer:
                 "step": step,
                 **info,
                 "num_processes": accelerator.num_processes,
+                "distributed_type": accelerator.distributed_type.value,
                 "files": self.files(),
                 "saved_at": time.time(),
             }
@@ -442,19 +463,27 @@ class Checkpointer:
                 f"mixed precision (a gradient scaler), this run {'does not' if saved else 'does'}. "
                 "Fix: resume with the same training.mixed_precision as the run that wrote it"
             )
+        sharded = is_sharded(accelerator)
         with _loading(folder / MODEL_FILE):
-            missing, unexpected = load_model(self._network(), folder / MODEL_FILE, strict=False)
+            if sharded:  # every process reads the full weights and keeps its shard
+                missing = load_full_model_state(self.model, load_file(folder / MODEL_FILE))
+                missing = sorted(set(missing) - set(self._network().tied_weight_keys))
+                unexpected: list[str] = []
+            else:
+                missing, unexpected = load_model(self._network(), folder / MODEL_FILE, strict=False)
             if missing or unexpected:
                 raise ValueError(f"missing {sorted(missing)[:3]}, unknown {sorted(unexpected)[:3]}")
         path = folder / "optimizer.safetensors"
         with _loading(path):
             document = json.loads((folder / "optimizer.json").read_text())
             state = _optimizer_state(document, load_file(path), self.optimizer, path)
+            if sharded:
+                load_full_optimizer_state(self.model, self.optimizer, state)
         documents = {}
         for name in ["scheduler.json", "state.json"] + (["scaler.json"] if self._scaler else []):
             with _loading(folder / name):
                 documents[name] = json.loads((folder / name).read_text())
-        pieces = [("optimizer.safetensors", self.optimizer, state)]
+        pieces = [] if sharded else [("optimizer.safetensors", self.optimizer, state)]
         pieces.append(("scheduler.json", self.scheduler, documents["scheduler.json"]))
         if self._scaler is not None:
             pieces.append(("scaler.json", self._scaler, documents["scaler.json"]))

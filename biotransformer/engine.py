@@ -32,9 +32,9 @@ every process. They are fetched first, the number of target tokens is summed ove
 all-reduced over processes, and each micro-batch's summed token loss is scaled so that the
 gradient is that of ``sum(token losses) / sum(targets)`` over the whole global batch, not a
 mean of per-batch means. ``accelerator.accumulate`` skips the gradient all-reduce on all but
-the last micro-batch and divides the loss by ``gradient_accumulation_steps``; DDP averages
-gradients over processes. The scale ``num_processes * gradient_accumulation_steps /
-global_targets`` undoes both.
+the last micro-batch and divides the loss by ``gradient_accumulation_steps``; DDP (and FSDP's
+reduce-scatter) averages gradients over processes. The scale ``num_processes *
+gradient_accumulation_steps / global_targets`` undoes both.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from biotransformer.errors import BioTransformerError
 from biotransformer.memory import preflight
 from biotransformer.outputs import claim_run_directory, holds_files
 from biotransformer.runtime import make_accelerator
+from biotransformer.sharding import check_rebuildable, is_sharded, replica
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 Outcome = Literal["finished", "interrupted"]
@@ -116,7 +117,10 @@ class Run:
     checkpointer: Checkpointer
 
     def network(self) -> nn.Module:
-        """The model without Accelerate's (and torch.compile's) wrappers."""
+        """The model without Accelerate's (and torch.compile's) wrappers; under FSDP a plain,
+        unsharded replica (``sharding.replica``), so every process must call this."""
+        if is_sharded(self.accelerator):
+            return replica(self.accelerator, self.model)
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
 
@@ -229,8 +233,11 @@ def _run(
         int(lengths.max()),
         device=str(accelerator.device),
         budget_option=plan.budget_option,
+        shards=accelerator.num_processes if is_sharded(accelerator) else 1,
     )
     training = recipe.resolve(max(len(sampler) // accelerator.gradient_accumulation_steps, 1))
+    if is_sharded(accelerator):
+        check_rebuildable(plan.model)
 
     compile_if_asked(plan.model, training)
     optimizer = build_optimizer(plan.model, training)

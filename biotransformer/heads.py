@@ -399,8 +399,15 @@ class MaskedLM(BioTransformerModel):
         self.lm_head = MaskedLMHead(config)
         init_weights(self.lm_head, config.initializer_range)
         if config.tie_embeddings:
-            self.lm_head.decoder.weight = self.encoder.embed_tokens.weight
             self.tied_weight_keys = ("lm_head.decoder.weight",)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Make the output projection the token embedding (``model.tie_embeddings``). Also
+        called by Accelerate's FSDP after it rebuilds parameters from the meta device
+        (``fsdp_cpu_ram_efficient_loading``), which would otherwise untie them."""
+        if self.tied_weight_keys:
+            self.lm_head.decoder.weight = self.encoder.embed_tokens.weight
 
     @property
     def task(self) -> TaskInfo:

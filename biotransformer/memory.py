@@ -15,7 +15,10 @@ hidden size ``h``, feed-forward size ``f``, ``H`` heads, ``L`` layers, ``d`` byt
   layer recomputed at a time; without training (inference) one layer at a time;
 - the output logits and their gradient: ``2 V d`` per token (``V`` the vocabulary);
 - weights, gradients and the two AdamW moments in float32: ``16`` bytes per parameter
-  (``4`` without training).
+  (``4`` without training); with FSDP over ``S`` processes (``shards``) ``16 / S`` bytes per
+  parameter, plus the weights and gradients (``8`` bytes per parameter) that are whole while a
+  step runs: two layers (the one computed, the one prefetched) and the parameters outside the
+  layers (embeddings, head), which the outermost FSDP unit keeps gathered.
 
 It is an order-of-magnitude guard, not a profiler: a budget is refused only when the estimate
 exceeds the memory available (``MemAvailable``, the address-space limit ``RLIMIT_AS`` less
@@ -50,10 +53,15 @@ class MemoryEstimate:
 
 def parameter_count(config: ModelConfig) -> int:
     """Weights of the encoder (embeddings, attention, feed-forward, norms), roughly."""
+    outside_layers = (config.vocab_size + config.max_length) * config.hidden_size
+    return outside_layers + config.num_layers * layer_parameter_count(config)
+
+
+def layer_parameter_count(config: ModelConfig) -> int:
+    """Weights of one encoder layer (attention, feed-forward, norms)."""
     h, f = config.hidden_size, config.ffn_size
     ffn_weights = (3 if config.activation == "swiglu" else 2) * h * f
-    per_layer = 4 * h * h + ffn_weights + 6 * h + f
-    return config.vocab_size * h + config.num_layers * per_layer + config.max_length * h
+    return 4 * h * h + ffn_weights + 6 * h + f
 
 
 def estimate_memory(
@@ -64,9 +72,11 @@ def estimate_memory(
     training: bool = True,
     dtype_bytes: int = 4,
     gradient_checkpointing: bool | None = None,
+    shards: int = 1,
 ) -> MemoryEstimate:
-    """The memory of one step on ``tokens_per_batch`` padded tokens of ``max_length``-token
-    sequences (the formula is in the module docstring)."""
+    """The memory of one process's step on ``tokens_per_batch`` padded tokens of
+    ``max_length``-token sequences, its model state sharded over ``shards`` processes (FSDP;
+    1: not sharded). The formula is in the module docstring."""
     if gradient_checkpointing is None:
         gradient_checkpointing = config.gradient_checkpointing
     h, f = config.hidden_size, config.ffn_size
@@ -80,7 +90,12 @@ def estimate_memory(
     else:
         activations = config.num_layers * layer
     logits = tokens_per_batch * config.vocab_size * dtype_bytes * (2 if training else 1)
-    parameters = parameter_count(config) * (16 if training else 4)
+    count = parameter_count(config)
+    parameters = count * (16 if training else 4)
+    if shards > 1:
+        layers = min(2, config.num_layers) * layer_parameter_count(config)
+        whole = count - config.num_layers * layer_parameter_count(config) + layers
+        parameters = -(-parameters // shards) + whole * (8 if training else 4)
     return MemoryEstimate(activations, logits, parameters)
 
 
@@ -118,33 +133,46 @@ def preflight(
     *,
     device: str = "cpu",
     budget_option: str = "--max-tokens",
+    shards: int = 1,
 ) -> MemoryEstimate:
-    """Raise ``ConfigError`` when one training step of ``tokens_per_batch`` tokens cannot fit;
-    the message suggests the largest budget that would, and gradient checkpointing."""
-    estimate = estimate_memory(config, tokens_per_batch, max_length)
+    """Raise ``ConfigError`` when one training step of ``tokens_per_batch`` tokens cannot fit
+    (model state sharded over ``shards`` FSDP processes); the message suggests the largest
+    budget that would, gradient checkpointing and, when the model state alone does not fit,
+    FSDP over more processes."""
+    estimate = estimate_memory(config, tokens_per_batch, max_length, shards=shards)
     available = available_memory(device)
     if available is None or estimate.total <= available[0]:
         return estimate
     room, source = available
+
+    def total(tokens: int, **options: bool) -> int:
+        return estimate_memory(config, tokens, max_length, shards=shards, **options).total
+
     fitting = tokens_per_batch
-    while fitting > max_length and estimate_memory(config, fitting, max_length).total > room:
+    while fitting > max_length and total(fitting) > room:
         fitting = max(fitting // 2, max_length)
-    checkpointed = estimate_memory(
-        config, tokens_per_batch, max_length, gradient_checkpointing=True
-    )
-    if estimate_memory(config, fitting, max_length).total <= room:
+    checkpointed = total(tokens_per_batch, gradient_checkpointing=True)
+    if estimate.parameters >= room:
+        advice = [
+            f"the model state alone ({estimate.parameters / GIB:.1f} GiB) does not fit: shard "
+            "it with FSDP over more processes (docs/scaling.md)"
+        ]
+    elif total(fitting) <= room:
         advice = [f"lower {budget_option} to {fitting}"]
     else:
         advice = [f"crop sequences to fewer than {max_length} tokens (a smaller max_length)"]
-    if not config.gradient_checkpointing and checkpointed.total < estimate.total:
+    if not config.gradient_checkpointing and checkpointed < estimate.total:
         advice.append(
-            "set model.gradient_checkpointing=true (about "
-            f"{checkpointed.total / GIB:.1f} GiB at this budget)"
+            f"set model.gradient_checkpointing=true (about {checkpointed / GIB:.1f} GiB at this "
+            "budget)"
         )
     advice.append("or use a machine or device with more memory")
+    sharding = f", model state sharded over {shards} processes" if shards > 1 else ""
     raise ConfigError(
-        f"a training step of {tokens_per_batch} tokens ({max_length}-token sequences) needs "
-        f"about {estimate.total / GIB:.1f} GiB ({estimate.activations / GIB:.1f} GiB of "
-        f"activations), but only {room / GIB:.1f} GiB is available ({source}); it would be "
-        f"killed for lack of memory. Fix: {', '.join(advice)}"
+        f"a training step of {tokens_per_batch} tokens ({max_length}-token sequences"
+        f"{sharding}) needs about {estimate.total / GIB:.1f} GiB "
+        f"({estimate.activations / GIB:.1f} GiB of activations, "
+        f"{estimate.parameters / GIB:.1f} GiB of weights, gradients and optimizer state), but "
+        f"only {room / GIB:.1f} GiB is available ({source}); it would be killed for lack of "
+        f"memory. Fix: {', '.join(advice)}"
     )

@@ -355,19 +355,24 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _inspect(
-    directory: Path,
-    *,
-    command: str,
-    flag: str,
-    overwrite: bool,
-    resume: bool,
-    resumable: bool,
-    recognise: Callable[[Path], bool] | None,
-) -> tuple[list[str], list[str] | None]:
+@dataclass(frozen=True)
+class _ClaimRules:
+    """How one command claims its run directory (the arguments of ``claim_run_directory``)."""
+
+    command: str
+    flag: str
+    overwrite: bool
+    resume: bool
+    resumable: bool
+    recognise: Callable[[Path], bool] | None
+
+
+def _inspect(directory: Path, rules: _ClaimRules) -> tuple[list[str], list[str] | None]:
     """What claiming ``directory`` means: (the files to remove first, the earlier run's
     ``kept`` when this run continues it, else None: everything left is the user's), or an
     error when it may not be claimed. See the module doc for the rules."""
+    command, flag, overwrite = rules.command, rules.flag, rules.overwrite
+    resume, resumable, recognise = rules.resume, rules.resumable, rules.recognise
     entries = [entry.name for entry in directory.iterdir() if entry.name not in _OWN]
     record = read_run_record(directory)
     if record is None:
@@ -415,18 +420,8 @@ def _inspect(
     )
 
 
-def _claim(
-    path: PathLike,
-    *,
-    command: str,
-    flag: str,
-    inputs: Iterable[PathLike | None],
-    overwrite: bool,
-    resume: bool,
-    resumable: bool,
-    recognise: Callable[[Path], bool] | None,
-) -> RunDirectory:
-    directory = Path(path)
+def _claim(path: PathLike, rules: _ClaimRules, inputs: Iterable[PathLike | None]) -> RunDirectory:
+    directory, flag = Path(path), rules.flag
     _refuse_file_ancestor(directory, flag)
     if directory.is_symlink():
         raise ConfigError(
@@ -442,17 +437,9 @@ def _claim(
             f"{flag} {directory} is or contains the input {source} (or lies inside it): the run "
             f"could overwrite or remove it. Fix: give {flag} a directory apart from the inputs"
         )
-    options = dict(
-        command=command,
-        flag=flag,
-        overwrite=overwrite,
-        resume=resume,
-        resumable=resumable,
-        recognise=recognise,
-    )
     if directory.is_dir():
         _Lock.probe(directory, flag)
-        _inspect(directory, **options)  # refuse a foreign directory before touching it
+        _inspect(directory, rules)  # refuse a foreign directory before touching it
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     started = _now()
@@ -460,12 +447,12 @@ def _claim(
     run = RunDirectory(directory, created=created)
     run.lock = _Lock(directory, {**info, "started_at": started}, flag)
     try:
-        remove, kept = _inspect(directory, **options)
+        remove, kept = _inspect(directory, rules)
         _remove_written(directory, remove)
         present = set(_files(directory))
         run.record = {
             "format_version": RECORD_VERSION,
-            "command": command,
+            "command": rules.command,
             "command_line": info["command"],
             "pid": info["pid"],
             "host": info["host"],
@@ -501,21 +488,13 @@ def claim_run_directory(
     ``recognise``: tells an earlier version's output of this command from a foreign
     directory. With ``accelerator`` (or under torchrun) only the main process claims; the
     outcome is broadcast, so every process raises the same error."""
-    options = dict(
-        command=command,
-        flag=flag,
-        inputs=inputs,
-        overwrite=overwrite,
-        resume=resume,
-        resumable=resumable,
-        recognise=recognise,
-    )
+    rules = _ClaimRules(command, flag, overwrite, resume, resumable, recognise)
     distributed = accelerator is not None and accelerator.num_processes > 1
     main = accelerator.is_main_process if accelerator is not None else _main_process()
     run, failure = RunDirectory(Path(path)), None
     if main:
         try:
-            run = _claim(path, **options)
+            run = _claim(path, rules, inputs)
         except ConfigError as error:
             failure = error
             if not distributed:

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from biotransformer.config import TrainingConfig, check_mixed_precision_device
+from biotransformer.sharding import enable_fsdp_on_cpu, fsdp_plugin, fsdp_requested
 
 T = TypeVar("T")
 
@@ -28,19 +29,26 @@ def make_accelerator(
     """An Accelerator for a run of ``training``; TensorBoard is the tracker when installed.
 
     ``step_scheduler_with_optimizer=False``: the engine steps the scheduler once per
-    optimizer step itself, so schedules count optimizer steps whatever the process count."""
+    optimizer step itself, so schedules count optimizer steps whatever the process count.
+    Processes launched on CPUs with Accelerate's FSDP settings (``ACCELERATE_USE_FSDP=true``)
+    shard the model with FSDP over gloo (``sharding.enable_fsdp_on_cpu``)."""
     check_mixed_precision_device(training.mixed_precision)
     log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     # Under torchrun on a machine without GPUs, Accelerate sets up gloo only when told cpu=True.
     launched_on_cpu = launched() and not torch.cuda.is_available()
-    return Accelerator(
+    plugin = fsdp_plugin() if launched_on_cpu and fsdp_requested() else None
+    accelerator = Accelerator(
         cpu=launched_on_cpu,
         mixed_precision=training.mixed_precision,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,
         log_with=log_with,
         project_dir=None if project_dir is None else str(project_dir),
+        fsdp_plugin=plugin,
     )
+    if plugin is not None:
+        enable_fsdp_on_cpu(accelerator, plugin)
+    return accelerator
 
 
 def launched() -> bool:

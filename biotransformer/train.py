@@ -143,14 +143,15 @@ class PretrainRecipe:
         batches = _ValidBatches(
             self.valid_set, self.tokenizer, self.masking(), self.config.data, run.accelerator
         )
-        return lambda: evaluate_masked_lm(run.accelerator, run.model, batches)
+        return lambda: evaluate_masked_lm(run.accelerator, run.network(), batches)
 
     def finish(self, run: Run, outcome: Outcome) -> PretrainResult:
         model_dir = None
+        network = run.network()  # under FSDP every process gathers the weights
         if outcome == "finished":
             model_dir = self.output_dir / "model"
             if run.accelerator.is_main_process:
-                run.network().save_pretrained(model_dir, tokenizer=self.tokenizer)
+                network.save_pretrained(model_dir, tokenizer=self.tokenizer)
                 from biotransformer.report import write_pretrain_report  # matplotlib: lazily
 
                 write_pretrain_report(self.output_dir)
@@ -161,7 +162,7 @@ class PretrainRecipe:
             outcome=outcome,
             model_dir=model_dir,
             last_checkpoint=latest_checkpoint(self.output_dir / "checkpoints"),
-            model=run.network(),
+            model=network,
         )
 
     def stop_early(self, step: int) -> str | None:

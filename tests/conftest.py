@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# pytest-xdist runs one test file per core (pyproject's addopts): each worker, and every process
+# it starts, computes on one thread, so parallel files do not oversubscribe the cores. Set before
+# anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 import pytest
 from helpers import reset_accelerate_state
 from hypothesis import settings

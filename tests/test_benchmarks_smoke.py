@@ -97,3 +97,16 @@ def test_variants_benchmark_smoke(repo_root, tmp_path):
     figures = result["figures"]
     assert figures["biotransformer_variants_per_s"] > 0 and figures["fair_esm_variants_per_s"] > 0
     assert figures["max_abs_score_difference"] < 1e-3  # the same scores, computed both ways
+
+
+def test_scaling_benchmark_smoke(repo_root, tmp_path):
+    result = run_smoke(repo_root, tmp_path, "scaling", as_module=True)
+    measured, projected = result["measured"], result["projected"]
+    assert measured["figures"]["single"]["tokens_per_s"] > 0
+    assert 0 < measured["figures"]["single"]["mfu"] < 1
+    shapes = projected["shapes"]
+    assert set(shapes) == {"esm2-35M", "esm2-150M", "esm2-650M", "esm2-3B"}
+    assert 6.4e8 < shapes["esm2-650M"]["parameters"] < 6.6e8
+    by_gpus = shapes["esm2-650M"]["by_gpus"]
+    assert set(by_gpus) == {"1", "8", "16", "64"}
+    assert by_gpus["1"]["gpu_hours_per_1e9_tokens"] <= by_gpus["64"]["gpu_hours_per_1e9_tokens"]

@@ -49,6 +49,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.report": "presentation",
     # runtime: the accelerator, processes, checkpoints and run directories
     "biotransformer.runtime": "runtime",
+    "biotransformer.sharding": "runtime",
     "biotransformer.checkpointing": "runtime",
     "biotransformer.outputs": "runtime",
     # workflows: runs of a model

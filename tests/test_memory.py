@@ -43,6 +43,33 @@ def test_a_small_budget_passes_and_an_absurd_one_is_refused_with_advice() -> Non
     assert "--max-tokens to" in message and "gradient_checkpointing=true" in message
 
 
+def test_fsdp_shards_the_model_state_but_keeps_two_layers_whole() -> None:
+    from biotransformer.memory import layer_parameter_count, parameter_count
+
+    config = small_config(num_layers=6)
+    whole = estimate_memory(config, 100, 50)
+    sharded = estimate_memory(config, 100, 50, shards=4)
+    count, layer = parameter_count(config), layer_parameter_count(config)
+    gathered = count - 6 * layer + 2 * layer  # embeddings and two layers, gathered
+    assert sharded.parameters == -(-16 * count // 4) + 8 * gathered
+    assert sharded.activations == whole.activations and sharded.logits == whole.logits
+    assert sharded.parameters < whole.parameters
+
+
+def test_a_model_whose_state_cannot_fit_is_refused_with_fsdp_advice() -> None:
+    """About 2.4e11 parameters: 3.9 TB of weights, gradients and AdamW moments in float32."""
+    config = ModelConfig(
+        vocab_size=33, hidden_size=20480, num_layers=48, num_heads=64, ffn_size=81920
+    )
+    with pytest.raises(ConfigError) as refused:
+        preflight(config, 1024, 1024)
+    message = str(refused.value)
+    assert "the model state alone" in message and "FSDP over more processes" in message
+    with pytest.raises(ConfigError) as sharded:
+        preflight(config, 1024, 1024, shards=8)
+    assert "model state sharded over 8 processes" in str(sharded.value)
+
+
 SCRIPT = """
 import resource, sys
 from pathlib import Path
