@@ -194,7 +194,7 @@ def test_a_default_run_prints_and_writes_its_settings_stops_early_and_has_a_verd
     assert written["training"]["lr"] == 0.002 and written["max_tokens"] == 279
     assert written["patience"] == 1 and written["tokenizer"] == "dna"
     steps = result.metrics["steps"]
-    rows = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().split()]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert max(row["step"] for row in rows) == steps
     if steps < 60:  # stopped early: after the best, one evaluation, in the second half
         assert result.metrics["stopped_early_at"] == steps >= 30
