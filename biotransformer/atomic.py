@@ -5,7 +5,9 @@ name, never a half-written file that looks complete. Every final file gets the p
 ``open()`` would give it (0o666 less the umask) and is flushed to disk before the rename.
 
 - ``atomic_write(path)``: a file object to write; ``atomic_path(path)``: a temporary path, for
-  libraries that open files themselves (h5py); ``write_json(path, obj)``: strict JSON.
+  libraries that open files themselves (h5py); ``publish(staging, path)``: the final rename of
+  a file written aside over a longer time (a streamed output, ``streaming``);
+  ``write_json(path, obj)``: strict JSON.
 - ``atomic_directory(path)``: a whole directory (a model directory), replaced only when the
   existing one holds nothing but files its writer owns.
 
@@ -83,16 +85,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     staging = Path(tmp_name)
     try:
         yield staging
-        os.chmod(staging, _default_file_mode())  # mkstemp makes 0o600; the final file is ordinary
-        with open(staging, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(staging, target)
-        _fsync_directory(target.parent)
+        publish(staging, target)
     except BaseException as error:
         staging.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.filename in (None, str(staging)):
             error.filename = str(target)  # name the output, not its temporary sibling
         raise
+
+
+def publish(staging: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Give the finished file ``staging`` the ordinary permissions, flush it to disk and
+    rename it onto ``path`` (a sibling): the last step of every atomic write."""
+    staging, target = Path(staging), Path(path)
+    _refuse_unreplaceable(target)
+    os.chmod(staging, _default_file_mode())  # mkstemp makes 0o600; the final file is ordinary
+    with open(staging, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(staging, target)
+    _fsync_directory(target.parent)
+    return target
 
 
 @contextlib.contextmanager

@@ -440,6 +440,7 @@ class FinetuneRecipe:
             self.report,
             best_step,
             alphabet=self.run_info["alphabet"],
+            model_name=describe_start(self.config),
         )
         metrics["steps"] = run.state.step
         if run.state.step < self.training.max_steps:
@@ -480,6 +481,19 @@ def _target_counter(task: str) -> Any:
     return lambda batch: len(batch["input_ids"])
 
 
+def describe_start(config: FinetuneConfig) -> str:
+    """The model a (resolved) fine-tune starts from, in words, for the report's title."""
+    if config.model_dir is None:
+        start = f"new {config.preset} encoder"
+    else:
+        start = f"warm start from {config.model_dir}"
+    if config.lora is not None:
+        start += " with LoRA adapters"
+    elif config.freeze_encoder:
+        start += " (encoder frozen)"
+    return start
+
+
 def final_evaluation(
     config: FinetuneConfig,
     model_dir: Path,
@@ -489,11 +503,13 @@ def final_evaluation(
     best_step: int,
     *,
     alphabet: str,
+    model_name: str,
 ) -> dict[str, Any]:
     """Reload the selected model; tune the threshold on validation if asked (stored in the
     head section of its ``config.json``); evaluate validation and, once, test; write the
     prediction TSVs; the verdict against the composition baseline on the last split
-    evaluated (``verdict``)."""
+    evaluated (``verdict``); the report (titled with ``model_name``), saying what it does as
+    it goes."""
     model = load_model(model_dir).to(accelerator.device)
     task = model.task
     if config.tune_threshold and task.problem in ("binary", "multilabel"):
@@ -512,7 +528,7 @@ def final_evaluation(
     metrics: dict[str, Any] = {
         "task": config.task,
         "labels": task.labels,
-        "threshold": task.threshold,
+        "threshold": task.decision_threshold,
         "rc_average": task.rc_average,
         "seed": config.training.seed,
         "bootstrap_seed": 0,
@@ -522,6 +538,10 @@ def final_evaluation(
     for name in ("valid", "test"):
         if name not in splits:
             continue
+        accelerator.print(
+            f"evaluating the selected model (step {best_step}) on {name}: "
+            f"{len(splits[name])} records, {config.bootstrap} bootstrap resamples for the 95% CIs"
+        )
         result, predictions = evaluate_records(
             model,
             splits[name],
@@ -547,6 +567,7 @@ def final_evaluation(
             bootstrap=config.bootstrap,
         )
     if config.plots and accelerator.is_main_process:
+        accelerator.print(f"writing the plots and {output_dir / 'report.html'}")
         sections = {name: metrics[name] for name in ("valid", "test") if name in metrics}
         write_run_report(
             output_dir,
@@ -554,6 +575,9 @@ def final_evaluation(
             splits[last_split],
             last_predictions,
             sections,
+            data=Path(config.train).name,
+            model=model_name,
             log_path=output_dir / "log.jsonl",
+            verdict=metrics.get("verdict"),
         )
     return metrics

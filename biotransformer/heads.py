@@ -15,9 +15,10 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +216,35 @@ class Pooler(nn.Module):
         return (scores.softmax(dim=1) * hidden).sum(dim=1)
 
 
+ModelT = TypeVar("ModelT", bound="BioTransformerModel")
+
+# The model methods that run a model over data (embed, predict, score_variants) are workflows:
+# ``biotransformer.api`` registers their implementations here when it is imported, so this
+# core module declares them without importing a higher layer.
+_INFERENCE: dict[str, Callable[..., Any]] = {}
+
+
+def register_inference(name: str, function: Callable[..., Any]) -> None:
+    """Make ``function(model, ...)`` the implementation of the model method ``name``."""
+    _INFERENCE[name] = function
+
+
+def _inference(name: str) -> Callable[..., Any]:
+    if name not in _INFERENCE:
+        raise ConfigError(
+            f"model.{name} runs the model over data, which biotransformer.api implements and "
+            "it is not imported. Fix: import biotransformer.api (importing load_model or a model "
+            "class from biotransformer does)"
+        )
+    return _INFERENCE[name]
+
+
+def preset_tokenizer(preset: str) -> str:
+    """The tokenizer spec a preset comes with: ESM-2's alphabet (``protein``) for the
+    ``protein-...`` presets, single nucleotides (``dna``) for the others."""
+    return "protein" if preset.startswith("protein") else "dna"
+
+
 # ---------------------------------------------------------------------------------------------
 # The shared base: construction, size, FLOPs, saving
 # ---------------------------------------------------------------------------------------------
@@ -241,18 +271,62 @@ class BioTransformerModel(nn.Module):
         self.loading_info: dict[str, list[str]] | None = None
 
     @classmethod
-    def from_preset(cls, name: str, **options: Any) -> BioTransformerModel:
-        """A new model of a named architecture, e.g. ``MaskedLM.from_preset("tiny",
-        vocab_size=33)``; options that name head fields (``num_labels``...) go to the head."""
+    def from_preset(
+        cls: type[ModelT], name: str, *, tokenizer: Tokenizer | str | None = None, **options: Any
+    ) -> ModelT:
+        """A new model of a named architecture with its tokenizer as ``model.tokenizer``:
+        ``MaskedLM.from_preset("protein-t6-8M")`` reads ESM-2's alphabet, a ``dna-...``
+        preset (and ``tiny``) single nucleotides; ``tokenizer`` (a ``Tokenizer`` or a spec
+        such as ``"dna-kmer:k=6"``) chooses another. The vocabulary size and padding id come
+        from the tokenizer. Options that name head fields (``num_labels``...) go to the head,
+        the others override the preset's ``ModelConfig`` fields; an explicit ``vocab_size``
+        without a ``tokenizer`` builds a model without one, as before tokenizers came with
+        presets."""
+        from biotransformer.tokenizers import Tokenizer
+
         head_fields = {field.name for field in dataclasses.fields(cls.head_config_class)}
         head_options = {k: v for k, v in options.items() if k in head_fields}
         overrides = {k: v for k, v in options.items() if k not in head_fields}
-        return cls(ModelConfig.from_preset(name, **overrides), **head_options)
+        if tokenizer is None and "vocab_size" in overrides:
+            return cls(ModelConfig.from_preset(name, **overrides), **head_options)
+        if not isinstance(tokenizer, Tokenizer):
+            tokenizer = Tokenizer.from_spec(tokenizer or preset_tokenizer(name))
+        for key, value in (("vocab_size", tokenizer.vocab_size), ("pad_id", tokenizer.pad_id)):
+            if overrides.setdefault(key, value) != value:
+                raise ConfigError(
+                    f"{key}={overrides[key]} differs from the tokenizer's {value} "
+                    f"({tokenizer.spec}). Fix: drop {key}=..., the tokenizer decides it"
+                )
+        model = cls(ModelConfig.from_preset(name, **overrides), **head_options)
+        model.tokenizer = tokenizer
+        return model
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], **head_options: Any) -> Any:
+    def from_pretrained(
+        cls: type[ModelT], directory: str | os.PathLike[str], **head_options: Any
+    ) -> ModelT:
         """Load a model directory as this class; see ``load_model``."""
-        return load_model(directory, model_class=cls, **head_options)
+        model: ModelT = load_model(directory, model_class=cls, **head_options)
+        return model
+
+    # --- inference: implemented by the workflow layer (``biotransformer.api``)
+
+    def embed(self, sequences: Any, **options: Any) -> Any:
+        """Encoder embeddings of ``sequences``, one row per input: ``biotransformer.api.embed``
+        (its options: ``layers``, ``per_token``, ``pooling``, ``max_tokens``,
+        ``window_overlap``...), returning an ``Embeddings``."""
+        return _inference("embed")(self, sequences, **options)
+
+    def predict(self, sequences: Any, **options: Any) -> Any:
+        """A fine-tuned head's labels and scores, one per input: ``biotransformer.api.predict``
+        (its options: ``threshold``, ``rc_average``, ``max_tokens``...), returning a
+        ``Predictions``."""
+        return _inference("predict")(self, sequences, **options)
+
+    def score_variants(self, reference: Any, variants: Any, **options: Any) -> Any:
+        """Substitution effects: ``biotransformer.api.score_variants`` (options ``methods``,
+        ``batch_size``, ``max_tokens``), returning a ``VariantScores``."""
+        return _inference("score_variants")(self, reference, variants, **options)
 
     @property
     def task(self) -> TaskInfo:

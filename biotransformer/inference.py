@@ -17,11 +17,10 @@ head's: ``model.task``, a ``tasks.TaskInfo``; the functions here take that task 
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,15 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from biotransformer.atomic import atomic_path, require_room
 from biotransformer.constants import IGNORE_INDEX
 from biotransformer.data.collator import MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord
 from biotransformer.metrics import evaluate_predictions
-from biotransformer.outputs import text_output
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
+from biotransformer.streaming import EmbeddingsStream, TableStream
 from biotransformer.tasks import TaskInfo, format_number
 from biotransformer.windows import (
     WindowOptions,
@@ -54,6 +52,10 @@ if TYPE_CHECKING:
     from biotransformer.tokenizers import Tokenizer
 
 ENCODE_CHUNK = 2048
+#: Records run together, written together and resumed from (``record_chunks``); a chunk also
+#: ends once it holds ``CHUNK_LETTERS`` letters.
+CHUNK_RECORDS = 4096
+CHUNK_LETTERS = 1 << 22
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +219,29 @@ class Predictions:
         return self.windows is not None and self.windows[index] > 1
 
 
+def record_chunks(
+    records: Iterable[SequenceRecord],
+    *,
+    max_records: int | None = None,
+    max_letters: int = CHUNK_LETTERS,
+) -> Iterator[list[SequenceRecord]]:
+    """``records`` in consecutive lists of at most ``max_records`` records (default
+    ``CHUNK_RECORDS``), or fewer once they reach ``max_letters`` letters: the unit of
+    streaming. The cuts depend only on the records from the last cut on, so a run resumed at a
+    cut meets the same chunks."""
+    max_records = max_records or CHUNK_RECORDS
+    chunk: list[SequenceRecord] = []
+    letters = 0
+    for record in records:
+        chunk.append(record)
+        letters += len(record.sequence)
+        if len(chunk) >= max_records or letters >= max_letters:
+            yield chunk
+            chunk, letters = [], 0
+    if chunk:
+        yield chunk
+
+
 def predict_records(
     model: torch.nn.Module,
     records: Sequence[SequenceRecord],
@@ -229,7 +254,49 @@ def predict_records(
 ) -> Predictions:
     """Predictions for ``records`` in their order; long records are cut into windows, and
     ``rc_average`` averages both strands' scores (DNA, sequence-level tasks; None: the
-    task's own ``rc_average``)."""
+    task's own ``rc_average``). All in memory: ``iter_predictions`` streams."""
+    parts = list(
+        iter_predictions(
+            model,
+            records,
+            task,
+            max_tokens=max_tokens,
+            accelerator=accelerator,
+            windows=windows,
+            rc_average=rc_average,
+        )
+    )
+    if not parts:
+        raise InputError("no records to run", fix="check the input file")
+    if len(parts) == 1:
+        return parts[0]
+    scores: Any = (
+        [row for part in parts for row in part.scores]
+        if task.spec.per_token
+        else np.concatenate([part.scores for part in parts])
+    )
+    return Predictions(
+        [name for part in parts for name in part.ids],
+        task,
+        scores,
+        [label for part in parts for label in part.predicted],
+        np.concatenate([part.windows for part in parts]),
+    )
+
+
+def iter_predictions(
+    model: torch.nn.Module,
+    records: Iterable[SequenceRecord],
+    task: TaskInfo,
+    *,
+    max_tokens: int = 16384,
+    accelerator: Accelerator | None = None,
+    windows: WindowOptions | None = None,
+    rc_average: bool | None = None,
+    chunk_records: int | None = None,
+) -> Iterator[Predictions]:
+    """``Predictions`` of ``records`` chunk by chunk (``record_chunks`` of ``chunk_records``),
+    in record order: memory is set by a chunk, not by the number of records."""
     rc_average = task.rc_average if rc_average is None else rc_average
     if not task.has_labels:
         raise ConfigError(
@@ -243,8 +310,23 @@ def predict_records(
                 "reverse-complement averaging applies to sequence-level outputs; per-base "
                 "labels are strand-specific: drop --rc-average"
             )
-        records = list(records) + [reverse_complement_record(record) for record in records]
     windows = windows or WindowOptions()
+    for chunk in record_chunks(records, max_records=chunk_records):
+        yield _predict_chunk(model, chunk, task, max_tokens, accelerator, windows, rc_average)
+
+
+def _predict_chunk(
+    model: torch.nn.Module,
+    records: list[SequenceRecord],
+    task: TaskInfo,
+    max_tokens: int,
+    accelerator: Accelerator | None,
+    windows: WindowOptions,
+    rc_average: bool,
+) -> Predictions:
+    """Predictions for one chunk of records."""
+    if rc_average:
+        records = records + [reverse_complement_record(record) for record in records]
     plan = plan_windows(records, model.tokenizer, model.config.max_length, windows)
     dataset = RecordDataset(plan.records, model.tokenizer, max_length=model.config.max_length)
     logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
@@ -300,21 +382,30 @@ def _content(model: torch.nn.Module, dataset: RecordDataset, index: int) -> np.n
     return ~np.isin(dataset.ids[index], model.tokenizer.special_ids)
 
 
-def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]) -> Path:
-    """``id``, ``prediction``, then ``prob_<label>`` per class (classification, multilabel)
-    or ``value`` (regression), one row per record in input order; written atomically
-    (``-``: standard output)."""
+def prediction_header(task: TaskInfo) -> list[str]:
+    """Columns of a predictions table: ``id``, ``prediction``, then ``prob_<label>`` per class
+    (classification, multilabel) or ``value`` (regression)."""
+    return ["id", "prediction", *task.score_columns]
+
+
+def prediction_rows(predictions: Predictions) -> Iterator[list[str]]:
+    """One table row per record of ``predictions``, in their order."""
     columns = predictions.task.score_columns
-    with text_output(path, newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["id", "prediction", *columns])
-        for n, (record_id, predicted) in enumerate(
-            zip(predictions.ids, predictions.predicted, strict=True)
-        ):
-            row = [record_id, predicted]
-            if columns:
-                row += [format_number(value) for value in np.atleast_1d(predictions.scores[n])]
-            writer.writerow(row)
+    for n, (record_id, predicted) in enumerate(
+        zip(predictions.ids, predictions.predicted, strict=True)
+    ):
+        row = [record_id, predicted]
+        if columns:
+            row += [format_number(value) for value in np.atleast_1d(predictions.scores[n])]
+        yield row
+
+
+def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]) -> Path:
+    """``prediction_header`` and ``prediction_rows``, one row per record in input order;
+    written aside and renamed (``-``: standard output)."""
+    table = TableStream(path, {}, header=prediction_header(predictions.task), overwrite=True)
+    table.append(prediction_rows(predictions))
+    table.finish()
     return Path(path)
 
 
@@ -323,10 +414,35 @@ def write_predictions_tsv(predictions: Predictions, path: str | os.PathLike[str]
 # ---------------------------------------------------------------------------------------------
 
 
+def _numeric_spellings(labels: Sequence[str]) -> dict[float, str]:
+    """Number -> the model's spelling of it, when every class label is a number (else {})."""
+    spellings = {}
+    for label in labels:
+        try:
+            spellings[float(label)] = label
+        except ValueError:
+            return {}
+    return spellings
+
+
+def _spelled_as_model(value: str, spellings: Mapping[float, str]) -> str:
+    """``value`` in the model's spelling of its numeric class (``1.0`` -> ``1``), else as is."""
+    try:
+        return spellings.get(float(value), value)
+    except ValueError:
+        return value
+
+
+# The name of the progress bar of the bootstrap confidence intervals.
+BOOTSTRAP_PROGRESS = "bootstrap (95% CIs)"
+
+
 def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarray:
     """The labels of ``records`` as metric inputs: class ids (N,), a 0/1 matrix (N, C) for
-    multilabel, values (N,) for regression. An unknown label or a missing one is an error."""
+    multilabel, values (N,) for regression. Numeric class labels match by value (``1.0`` is
+    the model's class ``1``); an unknown label or a missing one is an error."""
     index = {label: i for i, label in enumerate(task.labels)}
+    spellings = _numeric_spellings(task.labels)
     rows = []
     for record in records:
         label = record.label
@@ -340,11 +456,14 @@ def label_targets(task: TaskInfo, records: Sequence[SequenceRecord]) -> np.ndarr
         if task.spec.label_type == "numeric":
             rows.append(float(label))
             continue
-        values = label if isinstance(label, tuple) else (str(label),)
+        values = tuple(
+            _spelled_as_model(value, spellings)
+            for value in (label if isinstance(label, tuple) else (str(label),))
+        )
         unknown = [value for value in values if value not in index]
         if unknown:
             raise InputError(
-                f"label {unknown[0]!r} is not one the model knows ({task.labels})",
+                f"label {unknown[0]!r} is not one the model knows ({', '.join(task.labels)})",
                 record=record.id,
                 line=record.line,
                 fix="evaluate on data labelled like the training data",
@@ -377,7 +496,7 @@ def token_targets(task: TaskInfo, record: SequenceRecord, offsets: np.ndarray) -
             character = label[start]
             if character not in index:
                 raise InputError(
-                    f"label {character!r} is not one the model knows ({task.labels})",
+                    f"label {character!r} is not one the model knows ({', '.join(task.labels)})",
                     record=record.id,
                     line=record.line,
                     position=start + 1,
@@ -439,16 +558,16 @@ def evaluate_records(
 def metrics_from_scores(
     task: TaskInfo, truth: np.ndarray, scores: np.ndarray, *, bootstrap: int, seed: int
 ) -> dict[str, Any]:
-    """``evaluate_predictions`` with the task's threshold; regression scores are values."""
+    """``evaluate_predictions`` with the task's threshold (the bootstrap's progress shown on
+    a terminal); regression scores are values."""
+    settings = {"bootstrap": bootstrap, "seed": seed, "progress": BOOTSTRAP_PROGRESS}
     if task.problem == "regression":
-        result = evaluate_predictions(
-            task.problem, truth, scores[:, 0], bootstrap=bootstrap, seed=seed
-        )
+        result = evaluate_predictions(task.problem, truth, scores[:, 0], **settings)
+    elif task.decision_threshold is None:  # multi-class: the arg-max decides
+        result = evaluate_predictions(task.problem, truth, scores, **settings)
     else:
-        threshold = 0.5 if task.threshold is None else task.threshold
-        result = evaluate_predictions(
-            task.problem, truth, scores, bootstrap=bootstrap, seed=seed, threshold=threshold
-        )
+        threshold = task.decision_threshold
+        result = evaluate_predictions(task.problem, truth, scores, threshold=threshold, **settings)
         result["threshold"] = threshold
     return result
 
@@ -478,7 +597,12 @@ def _evaluate_tokens(
     scores = np.concatenate(predictions.scores)
     keep = targets != IGNORE_INDEX
     result = evaluate_predictions(
-        task.problem, targets[keep], scores[keep], bootstrap=bootstrap, seed=seed
+        task.problem,
+        targets[keep],
+        scores[keep],
+        bootstrap=bootstrap,
+        seed=seed,
+        progress=BOOTSTRAP_PROGRESS,
     )
     result["unit"] = "token"
     return result, predictions
@@ -605,10 +729,66 @@ def embed_records(
 ) -> Embeddings:
     """Embeddings of ``records`` from any model's encoder, in record order. A record cut into
     windows gets the mean (or max) of its windows' pooled embeddings and, per token, one row
-    per base stitched from its windows (``windows`` lists the windows per record)."""
+    per base stitched from its windows (``windows`` lists the windows per record). All in
+    memory: ``iter_embeddings`` streams."""
+    parts = list(
+        iter_embeddings(
+            model,
+            records,
+            layers=layers,
+            per_token=per_token,
+            max_tokens=max_tokens,
+            accelerator=accelerator,
+            windows=windows,
+        )
+    )
+    if not parts:
+        raise InputError("no records to run", fix="check the input file")
+    if len(parts) == 1:
+        return parts[0]
+    embeddings = Embeddings(
+        [name for part in parts for name in part.ids],
+        parts[0].layers,
+        np.concatenate([part.pooled for part in parts]),
+        windows=np.concatenate([part.windows for part in parts]),
+    )
+    if per_token:
+        embeddings.tokens = np.concatenate([part.tokens for part in parts])
+        counts = np.concatenate([np.diff(part.offsets) for part in parts])
+        embeddings.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return embeddings
+
+
+def iter_embeddings(
+    model: torch.nn.Module,
+    records: Iterable[SequenceRecord],
+    *,
+    layers: Sequence[int] | None = None,
+    per_token: bool = False,
+    max_tokens: int = 16384,
+    accelerator: Accelerator | None = None,
+    windows: WindowOptions | None = None,
+    chunk_records: int | None = None,
+) -> Iterator[Embeddings]:
+    """``Embeddings`` of ``records`` chunk by chunk (``record_chunks`` of ``chunk_records``),
+    in record order: memory is set by a chunk, not by the number of records."""
     chosen = resolve_layers(layers, model.config.num_layers)
-    tokenizer = model.tokenizer
     windows = windows or WindowOptions()
+    for chunk in record_chunks(records, max_records=chunk_records):
+        yield _embed_chunk(model, chunk, chosen, per_token, max_tokens, accelerator, windows)
+
+
+def _embed_chunk(
+    model: torch.nn.Module,
+    records: list[SequenceRecord],
+    chosen: list[int],
+    per_token: bool,
+    max_tokens: int,
+    accelerator: Accelerator | None,
+    windows: WindowOptions,
+) -> Embeddings:
+    """Embeddings of one chunk of records."""
+    tokenizer = model.tokenizer
     plan = plan_windows(records, tokenizer, model.config.max_length, windows)
     dataset = RecordDataset(plan.records, tokenizer, max_length=model.config.max_length)
     special = torch.tensor(sorted(tokenizer.special_ids))
@@ -617,15 +797,22 @@ def embed_records(
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         encoded = network.encoder(input_ids, attention_mask, output_hidden_states=True)
         hidden = torch.cat([encoded.hidden_states[i] for i in chosen], dim=-1)  # (B, T, L*D)
+        hidden = hidden.float()  # pool in fp32 whatever the model's precision
         keep = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
         weights = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, L*D)
         lengths = attention_mask.sum(dim=1).tolist()
-        out = []
-        for row, length in enumerate(lengths):
-            tokens = _numpy(hidden[row][:length]) if per_token else None
-            out.append((_numpy(pooled[row]), tokens, keep[row][:length].cpu().numpy()))
-        return out
+        pooled_rows = _numpy(pooled)
+        keep_rows = keep.cpu().numpy()
+        hidden_rows = _numpy(hidden) if per_token else None
+        return [
+            (
+                pooled_rows[row],
+                None if hidden_rows is None else hidden_rows[row][:length],
+                keep_rows[row][:length],
+            )
+            for row, length in enumerate(lengths)
+        ]
 
     results = map_batches(model, dataset, step, max_tokens=max_tokens, accelerator=accelerator)
     pooled = np.stack(plan.aggregate([row[0] for row in results], windows.aggregate))
@@ -653,31 +840,25 @@ def embed_records(
     return embeddings
 
 
-#: Bytes an embeddings HDF5 file holds beyond its arrays and ids (header, dataset headers,
-#: attributes), with room to spare: the size checked before writing.
-H5_OVERHEAD = 64 * 1024
+def append_embeddings(stream: EmbeddingsStream, embeddings: Embeddings) -> None:
+    """Add one chunk's ``embeddings`` to an HDF5 ``stream``."""
+    stream.append(
+        embeddings.ids,
+        embeddings.pooled,
+        embeddings.windows,
+        embeddings.tokens,
+        None if embeddings.offsets is None else np.diff(embeddings.offsets),
+    )
 
 
 def write_embeddings_h5(
     embeddings: Embeddings, path: str | os.PathLike[str], *, attributes: dict[str, Any]
 ) -> Path:
-    """HDF5 with ``embeddings`` (N, D) float32, ``ids`` (variable-length UTF-8 strings) and,
-    per token, ``tokens`` and ``offsets``; attribute ``layers``. Checked to fit (size limit,
-    free space) before it is begun, written aside, then renamed."""
-    import h5py
-
-    arrays = (embeddings.pooled, embeddings.tokens, embeddings.offsets, embeddings.windows)
-    ids = sum(len(name.encode()) + 16 for name in embeddings.ids)
-    require_room(path, sum(a.nbytes for a in arrays if a is not None) + ids + H5_OVERHEAD)
-    with atomic_path(path) as staging, h5py.File(staging, "w") as handle:
-        handle.create_dataset("embeddings", data=embeddings.pooled)
-        handle.create_dataset("ids", data=embeddings.ids, dtype=h5py.string_dtype(encoding="utf-8"))
-        if embeddings.tokens is not None:
-            handle.create_dataset("tokens", data=embeddings.tokens)
-            handle.create_dataset("offsets", data=embeddings.offsets)
-        if embeddings.windows is not None:
-            handle.create_dataset("windows", data=embeddings.windows)
-        handle.attrs["layers"] = np.asarray(embeddings.layers, dtype=np.int64)
-        for key, value in attributes.items():
-            handle.attrs[key] = value
-    return Path(path)
+    """HDF5 with ``embeddings`` (N, D) float32, ``ids`` (variable-length UTF-8 strings),
+    ``windows`` and, per token, ``tokens`` and ``offsets``; attribute ``layers``
+    (``streaming.EmbeddingsStream``'s layout). Checked to fit (size limit, free space) before
+    it is begun, written aside, then renamed."""
+    layers = {"layers": np.asarray(embeddings.layers, dtype=np.int64)}
+    stream = EmbeddingsStream(path, {}, attributes={**layers, **attributes}, overwrite=True)
+    append_embeddings(stream, embeddings)
+    return stream.finish()

@@ -352,8 +352,10 @@ def evaluate_predictions(
     confidence: float = 0.95,
     threshold: float | Sequence[float] = 0.5,
     labels: Sequence[Any] | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
-    """Every metric of ``problem`` with a percentile bootstrap confidence interval.
+    """Every metric of ``problem`` with a percentile bootstrap confidence interval; with
+    ``progress``, the resamples count up in a progress bar of that name on a terminal.
 
     Returns ``{"problem", "n", "confidence", "n_resamples", "metrics": {name: {"value",
     "ci_low", "ci_high"}}, "notes": [...]}``. For ``regression`` ``y_score`` holds the
@@ -378,7 +380,12 @@ def evaluate_predictions(
     point, notes = compute(*arrays)
     draws: dict[str, list[float]] = {name: [] for name in point}
     if bootstrap > 0:
-        for indices in _resamples(len(arrays[0]), bootstrap, seed):
+        resamples = _resamples(len(arrays[0]), bootstrap, seed)
+        if progress is not None:
+            from tqdm.auto import tqdm
+
+            resamples = tqdm(resamples, total=bootstrap, desc=progress, leave=False, disable=None)
+        for indices in resamples:
             sample_values, _ = compute(*(array[indices] for array in arrays))
             for name, value in sample_values.items():
                 draws[name].append(value)

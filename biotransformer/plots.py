@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ from biotransformer.metrics import one_vs_rest
 PathLike = str | os.PathLike[str]
 DPI = 100
 MAX_TICK_LABELS = 40
-METRIC_MARKERS = "s^vD<>ph"
-METRIC_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+MAX_TOKEN_LABELS = 64
+MAX_SERIES = 3  # data series per axes
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same bytes everywhere
 
 
@@ -74,45 +75,40 @@ def _validation_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(keys)
 
 
+def _legend_beside(axes: Axes) -> None:
+    """The legend to the right of the axes, where it cannot cover a point."""
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", borderaxespad=0)
+
+
+def _in_groups(items: Sequence[Any], size: int = MAX_SERIES) -> list[Sequence[Any]]:
+    """``items`` in consecutive groups of at most ``size``: one group per axes."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
 def plot_training_curves(
     log_records: Sequence[Mapping[str, Any]], path: PathLike | None = None
 ) -> Figure:
-    """Training loss (with validation loss and metrics as points) and learning rate vs step.
+    """Training loss (with validation loss as points) and learning rate vs step.
 
     ``log_records`` are the rows of the training log: ``{"step", "loss", "lr"}`` and
-    ``{"step", "valid_loss", "valid_<metric>"}``. Validation metrics go on a right-hand axis.
+    ``{"step", "valid_loss", ...}``. Validation metrics have their own figure
+    (``plot_validation_metrics``), so no axes holds more than two series.
     """
     steps, losses = _series(log_records, "loss")
     if len(steps) == 0:
         raise InputError("the training log has no records with a 'step' and a 'loss'")
-    figure = _new_figure(7.0, 6.0)
+    figure = _new_figure(7.5, 6.0)
     loss_axes, lr_axes = figure.subplots(2, 1, sharex=True)
     loss_axes.plot(steps, losses, color="tab:blue", linewidth=1.2, label="training loss")
     valid_steps, valid_losses = _series(log_records, "valid_loss")
     if len(valid_steps):
         loss_axes.plot(valid_steps, valid_losses, "o", color="tab:orange", label="validation loss")
-    loss_axes.set_ylabel("loss (nats/token)")
+    loss_axes.set_ylabel("loss")
     loss_axes.grid(alpha=0.3)
-    handles, names = loss_axes.get_legend_handles_labels()
-    metric_keys = _validation_keys(log_records)
-    if metric_keys:
-        metric_axes = loss_axes.twinx()
-        for index, key in enumerate(metric_keys):
-            metric_axes.plot(
-                *_series(log_records, key),
-                linestyle="none",
-                marker=METRIC_MARKERS[index % len(METRIC_MARKERS)],
-                color=METRIC_COLOURS[index % len(METRIC_COLOURS)],
-                markerfacecolor="none",
-                label=key,
-            )
-        metric_axes.set_ylabel("validation metric")
-        more_handles, more_names = metric_axes.get_legend_handles_labels()
-        handles, names = handles + more_handles, names + more_names
-    loss_axes.legend(handles, names, loc="best", fontsize="small")
+    _legend_beside(loss_axes)
     lr_axes.plot(*_series(log_records, "lr"), color="tab:green", linewidth=1.2)
     lr_axes.set_ylabel("learning rate")
-    lr_axes.set_xlabel("step")
+    lr_axes.set_xlabel("optimizer step")
     lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     lr_axes.grid(alpha=0.3)
     return _finish(figure, path)
@@ -121,18 +117,28 @@ def plot_training_curves(
 def plot_validation_metrics(
     log_records: Sequence[Mapping[str, Any]], path: PathLike | None = None
 ) -> Figure:
-    """One line per ``valid_<metric>`` in the training log (validation loss excluded) vs step."""
+    """Each ``valid_<metric>`` of the training log (validation loss excluded) vs step, at most
+    three metrics per axes (one axes below the other), legends beside the axes."""
     metric_keys = _validation_keys(log_records)
     if not metric_keys:
         raise InputError("the training log has no 'valid_<metric>' entries besides valid_loss")
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    for key in metric_keys:
-        axes.plot(*_series(log_records, key), marker="o", markersize=3, label=key)
-    axes.set_xlabel("step")
-    axes.set_ylabel("validation metric")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="best", fontsize="small")
+    groups = _in_groups(metric_keys)
+    figure = _new_figure(7.5, 1.0 + 2.6 * len(groups))
+    for index, (axes, keys) in enumerate(
+        zip(figure.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0], groups, strict=True)
+    ):
+        for key in keys:
+            axes.plot(
+                *_series(log_records, key),
+                marker="o",
+                markersize=3,
+                label=key.removeprefix("valid_"),
+            )
+        axes.set_ylabel("validation metric")
+        axes.grid(alpha=0.3)
+        _legend_beside(axes)
+        if index == len(groups) - 1:
+            axes.set_xlabel("optimizer step")
     return _finish(figure, path)
 
 
@@ -158,7 +164,19 @@ def _unit_square(axes: Axes, xlabel: str, ylabel: str) -> None:
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
+    _legend_beside(axes)
+
+
+def _curve_axes(count: int) -> tuple[Figure, list[Axes]]:
+    """A figure with one axes per group of at most three curves, side by side in rows of two."""
+    panels = math.ceil(count / MAX_SERIES)
+    columns = min(panels, 2)
+    rows = math.ceil(panels / columns)
+    figure = _new_figure(6.5 * columns, 4.5 * rows)
+    grid = figure.subplots(rows, columns, squeeze=False).ravel()
+    for spare in grid[panels:]:
+        spare.remove()
+    return figure, list(grid[:panels])
 
 
 def plot_roc(
@@ -168,17 +186,19 @@ def plot_roc(
     *,
     labels: Sequence[Any] | None = None,
 ) -> Figure:
-    """ROC curve (scikit-learn ``roc_curve``) with its AUROC; one-vs-rest curves per class.
+    """ROC curve (scikit-learn ``roc_curve``) with its AUROC; one-vs-rest curves per class,
+    at most three per axes; the dashed diagonal is chance.
 
     Inputs follow ``biotransformer.metrics``; classes with one class present are left out.
     """
-    figure = _new_figure(5.5, 5.0)
-    axes = figure.add_subplot()
-    for name, truth, scores in _binary_tasks(y_true, y_score, labels):
-        fpr, tpr, _ = roc_curve(truth, scores)
-        axes.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-    _unit_square(axes, "false positive rate", "true positive rate")
+    tasks = _binary_tasks(y_true, y_score, labels)
+    figure, panels = _curve_axes(len(tasks))
+    for axes, group in zip(panels, _in_groups(tasks), strict=True):
+        for name, truth, scores in group:
+            fpr, tpr, _ = roc_curve(truth, scores)
+            axes.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        _unit_square(axes, "false positive rate", "true positive rate")
     return _finish(figure, path)
 
 
@@ -189,14 +209,16 @@ def plot_precision_recall(
     *,
     labels: Sequence[Any] | None = None,
 ) -> Figure:
-    """Precision-recall curve (``precision_recall_curve``) per class, with the positive rate."""
-    figure = _new_figure(5.5, 5.0)
-    axes = figure.add_subplot()
-    for name, truth, scores in _binary_tasks(y_true, y_score, labels):
-        precision, recall, _ = precision_recall_curve(truth, scores)
-        line = axes.step(recall, precision, where="post", linewidth=1.5, label=name)[0]
-        axes.axhline(truth.mean(), linestyle=":", linewidth=1, color=line.get_color())
-    _unit_square(axes, "recall", "precision")
+    """Precision-recall curve (``precision_recall_curve``) per class, at most three per axes,
+    each with its positive rate (the precision of chance) dotted."""
+    tasks = _binary_tasks(y_true, y_score, labels)
+    figure, panels = _curve_axes(len(tasks))
+    for axes, group in zip(panels, _in_groups(tasks), strict=True):
+        for name, truth, scores in group:
+            precision, recall, _ = precision_recall_curve(truth, scores)
+            line = axes.step(recall, precision, where="post", linewidth=1.5, label=name)[0]
+            axes.axhline(truth.mean(), linestyle=":", linewidth=1, color=line.get_color())
+        _unit_square(axes, "recall", "precision")
     return _finish(figure, path)
 
 
@@ -275,7 +297,9 @@ def plot_embeddings(
             for value in distinct:
                 chosen = values == value
                 axes.scatter(projected[chosen, 0], projected[chosen, 1], label=str(value), **style)
-            axes.legend(loc="best", fontsize="small", markerscale=2)
+            axes.legend(
+                loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", markerscale=2
+            )
         else:
             cloud = axes.scatter(
                 projected[:, 0], projected[:, 1], c=values, cmap="viridis", **style
@@ -298,7 +322,9 @@ def plot_attention_map(
     """Heatmap of attention weights, queries on rows and keys on columns, tokens on the axes.
 
     ``attention`` is (T, T) or (H, T, T); with heads, ``head`` picks one, else their mean is
-    shown. At most 40 tick labels per axis are drawn (every k-th token for long sequences).
+    shown. Up to 64 tokens every token is labelled on both axes (the figure grows with the
+    length); a longer sequence is labelled by token position instead, so an axis never reads
+    as a sequence it is not.
     """
     weights = np.asarray(attention, dtype=float)
     if weights.ndim == 3:
@@ -309,17 +335,22 @@ def plot_attention_map(
     length = len(tokens)
     if weights.shape != (length, length):
         raise InputError(f"attention of shape {weights.shape} does not match {length} tokens")
-    figure = _new_figure(6.5, 5.5)
+    side = min(max(5.5, 0.16 * length + 2.5), 14.0)
+    figure = _new_figure(side + 1.0, side)
     axes = figure.add_subplot()
     image = axes.imshow(weights, cmap="viridis", vmin=0.0, interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
-    every = math.ceil(length / MAX_TICK_LABELS)
-    ticks = range(0, length, every)
-    names = [str(tokens[index]) for index in ticks]
-    axes.set_xticks(ticks, names, rotation=90, fontsize=7)
-    axes.set_yticks(ticks, names, fontsize=7)
-    axes.set_xlabel("key")
-    axes.set_ylabel("query")
+    if length <= MAX_TOKEN_LABELS:
+        ticks, names, unit = range(length), [str(token) for token in tokens], "token"
+        size = 7 if length <= 40 else 5
+    else:
+        every = math.ceil(length / MAX_TICK_LABELS)
+        ticks = range(0, length, every)
+        names, unit, size = [str(index + 1) for index in ticks], "token position", 7
+    axes.set_xticks(ticks, names, rotation=90, fontsize=size)
+    axes.set_yticks(ticks, names, fontsize=size)
+    axes.set_xlabel(f"key {unit}")
+    axes.set_ylabel(f"query {unit}")
     axes.set_title(title)
     return _finish(figure, path)
 
@@ -439,42 +470,77 @@ def _metric_row(name: str, entry: float | Mapping[str, float]) -> str:
     return f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>"
 
 
+def _metrics_table(
+    section: str, heading: str, metrics: Mapping[str, float | Mapping[str, float]]
+) -> str:
+    """One section's metrics under its heading; the table's ``data-section`` names it."""
+    rows = "\n".join(_metric_row(name, entry) for name, entry in metrics.items())
+    return "\n".join(
+        [
+            f"<h2>{html.escape(heading)}</h2>",
+            f'<table data-section="{html.escape(section)}">',
+            "<tr><th>metric</th><th>value</th><th>95% CI low</th><th>95% CI high</th></tr>",
+            rows,
+            "</table>",
+        ]
+    )
+
+
+def _list(items: Sequence[str]) -> str:
+    return f"<ul>{''.join(f'<li>{html.escape(item)}</li>' for item in items)}</ul>"
+
+
 _STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
 table { border-collapse: collapse; margin-bottom: 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: right; }
 th { text-align: left; }
 img { max-width: 100%; }
+.warning { color: #a00; font-weight: bold; }
 """
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """One table of a report: ``heading`` above it, ``metrics`` (name -> number or
+    ``{"value", "ci_low", "ci_high"}``) in it."""
+
+    heading: str
+    metrics: Mapping[str, float | Mapping[str, float]]
 
 
 def write_report_html(
     path: PathLike,
     *,
     title: str,
-    metrics: Mapping[str, float | Mapping[str, float]],
+    tables: Mapping[str, MetricsSection],
     images: Mapping[str, PathLike],
     notes: Sequence[str] = (),
+    summary: Sequence[str] = (),
+    warnings: Sequence[str] = (),
 ) -> Path:
-    """Write one self-contained HTML page: the metrics table, notes, and every plot inline.
+    """Write one self-contained HTML page: ``summary`` lines and ``warnings`` first (under
+    "Verdict"), then one metrics table per section, the notes, and every plot inline.
 
-    ``metrics`` maps a name to a number or to ``{"value", "ci_low", "ci_high"}`` (the
-    ``"metrics"`` of ``evaluate_predictions``). ``images`` maps a heading to a PNG file, which
-    is embedded as base64. Each number's exact value is in the cell's ``data-value``.
+    ``tables`` maps a section key (the table's ``data-section``) to its heading and metrics.
+    ``images`` maps a heading to a PNG file, which is embedded as base64. Each number's exact
+    value is in the cell's ``data-value``.
     """
-    sections = []
+    figures = []
     for name, image_path in images.items():
         try:
             data = Path(image_path).read_bytes()
         except OSError as error:
             raise InputError(f"cannot read the image for {name!r}: {error}") from None
         encoded = base64.b64encode(data).decode("ascii")
-        sections.append(
+        figures.append(
             f"<h2>{html.escape(name)}</h2>\n"
             f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
         )
-    rows = "\n".join(_metric_row(name, entry) for name, entry in metrics.items())
-    note_items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    verdict = []
+    if summary or warnings:
+        verdict = ["<h2>Verdict</h2>", _list(summary) if summary else ""]
+        verdict += [f'<p class="warning">Warning: {html.escape(text)}</p>' for text in warnings]
     page = "\n".join(
         [
             "<!DOCTYPE html>",
@@ -484,12 +550,10 @@ def write_report_html(
             f"<style>{_STYLE}</style></head>",
             "<body>",
             f"<h1>{html.escape(title)}</h1>",
-            "<table>",
-            "<tr><th>metric</th><th>value</th><th>CI low</th><th>CI high</th></tr>",
-            rows,
-            "</table>",
-            f"<ul>{note_items}</ul>" if notes else "",
-            *sections,
+            *verdict,
+            *(_metrics_table(key, table.heading, table.metrics) for key, table in tables.items()),
+            _list(notes) if notes else "",
+            *figures,
             "</body>",
             "</html>",
             "",

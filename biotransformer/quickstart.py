@@ -44,7 +44,7 @@ from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.metrics import evaluate_predictions
 from biotransformer.outputs import RunDirectory, claim_run_directory
-from biotransformer.report import metrics_table
+from biotransformer.report import metrics_tables
 from biotransformer.splits import split_records
 from biotransformer.tasks import TaskInfo
 from biotransformer.train import pretrain
@@ -291,7 +291,7 @@ def write_quickstart_report(out: Path, metrics: dict[str, Any]) -> Path:
     return plots.write_report_html(
         out / "report.html",
         title=f"biotransformer quickstart: {metrics['task']}",
-        metrics=metrics_table({name: metrics[name] for name in REPORT_SECTIONS}),
+        tables=metrics_tables({name: metrics[name] for name in REPORT_SECTIONS}),
         images=images,
         notes=notes,
     )

@@ -9,9 +9,11 @@ run left in its directory (``log.jsonl``, metrics, predictions) with ``plots``.
 Every function here takes arrays, labels and log files: a report never runs a model (the
 arrays of a model come from ``visualize``, which calls these).
 
-In every ``report.html`` the metrics table row ``"<section> <metric>"`` holds the exact
-``value`` / ``ci_low`` / ``ci_high`` of ``sections[section]["metrics"][metric]`` (also in the
-cell's ``data-value``), so the page and ``metrics.json`` say the same numbers.
+A report's title names the task, the data and the model; the verdict (model against its
+composition baseline, ``metrics.json["verdict"]``) comes first when there is one. In every
+``report.html`` the table ``data-section="<section>"`` has a row ``<metric>`` holding the exact
+``value`` / ``ci_low`` / ``ci_high`` of ``sections[section]["metrics"][metric]`` (in the cells'
+``data-value``), so the page and ``metrics.json`` say the same numbers.
 """
 
 from __future__ import annotations
@@ -91,20 +93,20 @@ def prediction_plots(
                 scores[:, 0],
             )
         }
-    if len(np.unique(truth)) < 2:
+    if len(np.unique(truth, axis=0)) < 2:
         return {}
-    binary = task.problem == "binary"
-    curve_scores = scores[:, 1] if binary else scores
-    names = None if binary else task.labels
+    # class ids become the label names the curves are keyed by (multilabel: a 0/1 matrix)
+    named = truth if task.problem == "multilabel" else np.asarray(task.labels)[truth]
+    curve_scores = scores[:, 1] if task.problem == "binary" else scores
     images = {
-        "ROC": _plot(directory, "roc.png", plots.plot_roc, truth, curve_scores, labels=names),
+        "ROC": _plot(directory, "roc.png", plots.plot_roc, named, curve_scores, labels=task.labels),
         "precision-recall": _plot(
             directory,
             "precision_recall.png",
             plots.plot_precision_recall,
-            truth,
+            named,
             curve_scores,
-            labels=names,
+            labels=task.labels,
         ),
     }
     if task.task == "classification":
@@ -119,13 +121,78 @@ def prediction_plots(
     return images
 
 
-def metrics_table(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """``{"<section> <metric>": {"value", "ci_low", "ci_high"}}`` over every section."""
-    return {
-        f"{section} {name}": entry
-        for section, result in sections.items()
-        for name, entry in result.get("metrics", {}).items()
-    }
+SECTION_HEADINGS = {"valid": "validation split", "test": "test split"}
+
+
+def metrics_tables(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, plots.MetricsSection]:
+    """One table per section (``valid``, ``test``, or a data file's name), headed by what it
+    is and its number of records."""
+    tables = {}
+    for section, result in sections.items():
+        heading = SECTION_HEADINGS.get(section, section)
+        if "n" in result:
+            heading = f"{heading} (n = {result['n']})"
+        tables[section] = plots.MetricsSection(heading, result.get("metrics", {}))
+    return tables
+
+
+def describe_task(task: TaskInfo) -> str:
+    """The task in words: ``3-class classification (a, b, c)``, ``regression``..."""
+    labels = ", ".join(task.labels)
+    if task.problem == "regression":
+        return "regression"
+    if task.problem == "multilabel":
+        return f"multilabel classification ({labels})"
+    if task.spec.per_token:
+        return f"token classification ({labels})"
+    kind = "binary" if task.problem == "binary" else f"{len(task.labels)}-class"
+    return f"{kind} classification ({labels})"
+
+
+def _threshold_text(task: TaskInfo) -> str:
+    threshold = task.decision_threshold
+    origin = "the default" if task.threshold is None else "stored with the model"
+    if isinstance(threshold, list):
+        return ", ".join(f"{value:.3g}" for value in threshold) + f" ({origin})"
+    return f"{threshold:.3g} ({origin})"
+
+
+def decision_note(task: TaskInfo) -> str | None:
+    """How the model turns scores into labels, in words (None for regression)."""
+    if task.problem == "regression":
+        return None
+    if task.problem == "multilabel":
+        return f"decision: a label is on when its probability >= {_threshold_text(task)}"
+    if task.problem == "binary" and task.spec.classes:
+        positive = task.labels[1]
+        return f"decision: {positive} when P({positive}) >= {_threshold_text(task)}"
+    unit = " of each token" if task.spec.per_token else ""
+    return f"decision: the most probable class{unit}"
+
+
+def verdict_lines(verdict: Mapping[str, Any]) -> list[str]:
+    """The verdict of ``metrics.json`` (model against its composition baseline) in words;
+    ``ci95`` is null when no bootstrap resamples were drawn."""
+    metric, baseline = verdict["metric"], verdict["baseline"]
+    where = (
+        f" on the {SECTION_HEADINGS.get(verdict['split'], verdict['split'])}"
+        if "split" in verdict
+        else ""
+    )
+    difference = f"model minus baseline: {verdict['difference']:+.3f}"
+    if verdict.get("ci95") is not None:
+        low, high = verdict["ci95"]
+        difference += (
+            f" (95% CI {low:+.3f} to {high:+.3f}, paired bootstrap over "
+            f"{verdict['bootstrap_samples']} resamples)"
+        )
+    outcome = "beats" if verdict["beats_baseline"] else "does not beat"
+    return [
+        f"{metric}{where}: model {verdict['model']:.3f}, baseline ({baseline['name']}) "
+        f"{baseline['value']:.3f}",
+        difference,
+        f"the model {outcome} the baseline",
+    ]
 
 
 def write_report(
@@ -133,30 +200,37 @@ def write_report(
     task: TaskInfo,
     sections: Mapping[str, Mapping[str, Any]],
     *,
+    data: str,
+    model: str,
     truth: np.ndarray | None = None,
     scores: Any = None,
     predicted: Sequence[str] = (),
     log_path: Path | None = None,
+    verdict: Mapping[str, Any] | None = None,
 ) -> Path:
     """Plots of ``scores`` and ``predicted`` labels against ``truth`` (when given), training and
-    validation curves from ``log_path``, and ``report.html`` with the metrics of every section
-    (e.g. valid, test)."""
+    validation curves from ``log_path``, and ``report.html``: titled by the task, ``data`` and
+    ``model``, the ``verdict`` first, then the metrics of every section (e.g. valid, test)."""
     directory.mkdir(parents=True, exist_ok=True)
     images = training_plots(read_log(log_path), directory) if log_path is not None else {}
     if truth is not None and task.per_sequence:
         images.update(prediction_plots(task, truth, scores, predicted, directory))
-    notes = [f"task: {task.task}", f"labels: {task.labels}", f"threshold: {task.threshold}"]
+    notes = [f"task: {describe_task(task)}", decision_note(task)]
+    if task.rc_average:
+        notes.append("scores are the mean over both DNA strands")
     notes += [
-        f"{section}: {note}"
+        f"{SECTION_HEADINGS.get(section, section)}: {note}"
         for section, result in sections.items()
         for note in result.get("notes", [])
     ]
     return plots.write_report_html(
         directory / "report.html",
-        title=f"biotransformer: {task.task}",
-        metrics=metrics_table(sections),
+        title=f"{describe_task(task).capitalize()} of {data}, model: {model}",
+        tables=metrics_tables(sections),
         images=image_paths(images),
-        notes=notes,
+        notes=[note for note in notes if note is not None],
+        summary=verdict_lines(verdict) if verdict else (),
+        warnings=verdict.get("warnings", []) if verdict else (),
     )
 
 
@@ -181,7 +255,7 @@ def write_pretrain_report(output_dir: str | Path) -> Path:
     return plots.write_report_html(
         output_dir / "report.html",
         title=PRETRAIN_TITLE,
-        metrics=metrics_table({"valid": metrics.get("valid", {})}),
+        tables=metrics_tables({"valid": metrics.get("valid", {})}),
         images=image_paths(training_plots(rows, output_dir)),
         notes=[f"{len(rows)} log rows, last step {metrics['step']}"],
     )

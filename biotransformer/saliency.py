@@ -138,7 +138,7 @@ def gradient_x_input(model: torch.nn.Module, task: Any, sequence: str, index: in
         handle.remove()
     model.zero_grad(set_to_none=True)
     embeddings = stored["embeddings"]
-    per_token = (embeddings.grad * embeddings).sum(-1)[0].detach().cpu().numpy()  # (T,)
+    per_token = (embeddings.grad * embeddings).sum(-1)[0].detach().float().cpu().numpy()  # (T,)
     per_letter = np.zeros(len(sequence))
     for value, (start, end) in zip(per_token, batch["offsets"][0], strict=True):
         if start >= 0:

@@ -201,15 +201,23 @@ class TaskInfo:
         exp = np.exp(shifted)
         return exp / exp.sum(axis=-1, keepdims=True)
 
+    @property
+    def decision_threshold(self) -> float | list[float] | None:
+        """The threshold decisions use: the stored one, else 0.5, for binary classification
+        and multilabel; None where a decision is the arg-max (multi-class, per token) or
+        there is none (regression)."""
+        if self.problem == "multilabel" or (self.problem == "binary" and self.spec.classes):
+            return 0.5 if self.threshold is None else self.threshold
+        return None
+
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Class ids (N,) from probabilities: arg-max, or for binary classification
         ``P(positive) >= threshold``; multilabel: a (N, C) 0/1 matrix, ``P >= threshold``
         (0.5 unless tuned)."""
+        threshold = self.decision_threshold
         if self.problem == "multilabel":
-            threshold = 0.5 if self.threshold is None else np.asarray(self.threshold)
-            return (scores >= threshold).astype(np.int64)
-        if self.problem == "binary" and self.spec.classes:
-            threshold = 0.5 if self.threshold is None else float(self.threshold)  # type: ignore[arg-type]
+            return (scores >= np.asarray(threshold)).astype(np.int64)
+        if threshold is not None:
             return (scores[:, 1] >= threshold).astype(np.int64)
         return scores.argmax(axis=-1)
 

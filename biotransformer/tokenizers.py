@@ -61,7 +61,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -383,7 +383,7 @@ class _Bpe:
 
 def _rolling_codes(two_bit: np.ndarray, k: int) -> np.ndarray:
     """2-bit codes of every k-long window, built by doubling: log2(k) passes, not k."""
-    blocks = {1: two_bit.astype(np.uint16)}
+    blocks: dict[int, np.ndarray] = {1: two_bit.astype(np.uint16)}
     width = 1
     while width * 2 <= k:
         block = blocks[width]
@@ -427,7 +427,7 @@ def read_fasta_sequences(paths: Iterable[str | os.PathLike[str]]) -> Iterator[st
     from biotransformer.io import fasta_records
 
     for path in paths:
-        for _, sequence in fasta_records(path):
+        for _, sequence in fasta_records(Path(path)):
             yield sequence
 
 
@@ -454,6 +454,7 @@ class Tokenizer:
         self.k: int = options.get("k", 1)
         self.stride: int = options.get("stride", 1)
         self.bpe_model: str | None = None
+        self.tokens: list[str] = []
         if scheme == "protein":
             self._build_protein()
         elif scheme == "dna":
@@ -473,7 +474,7 @@ class Tokenizer:
         self.special_ids: tuple[int, ...] = tuple(sorted(index[t] for t in specials))
         unknown_letter = "X" if scheme == "protein" else "N"
         shown = {t: "" for t in specials} | {"<unk>": unknown_letter, "<mask>": unknown_letter}
-        self._text = np.array([shown.get(t, t) for t in self.tokens], dtype=object)
+        self._text: np.ndarray = np.array([shown.get(t, t) for t in self.tokens], dtype=object)
         self.vocabulary: list[str] | None = None
         self._to_vocab: np.ndarray | None = None
         if vocabulary is not None:
@@ -624,7 +625,7 @@ class Tokenizer:
             position=where - bounds[row] + 1,
             fix=fix,
         )
-        error.batch_row = row  # which sequence of the batch, for callers that know its record
+        error.batch_row = row  # type: ignore[attr-defined]  # the batch's row, for callers
         raise error
 
     def normalize(self, seq: str) -> str:
@@ -716,6 +717,63 @@ class Tokenizer:
             [seq], add_special_tokens=add_special_tokens, max_length=max_length
         )
         return batch["input_ids"][0]
+
+    def __call__(
+        self,
+        sequences: str | Sequence[str],
+        *,
+        return_tensors: Literal["pt", "np"] | None = "pt",
+        padding: bool | Literal["longest", "max_length"] = True,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> dict[str, Any]:
+        """Encode like a HuggingFace tokenizer: ``{"input_ids", "attention_mask"}``, (B, T)
+        int64 tensors (``return_tensors="pt"``), numpy arrays (``"np"``) or, with
+        ``return_tensors=None``, one list of ids per sequence. ``padding``: ``True`` (or
+        ``"longest"``) pads to the longest sequence, ``"max_length"`` to ``max_length`` (else
+        the tokenizer's own), ``False`` pads nothing (lists only). Longer sequences are
+        cropped to ``max_length`` tokens with a warning. A single string is a batch of one.
+        """
+        batch = [sequences] if isinstance(sequences, str) else list(sequences)
+        if padding is False and return_tensors is not None:
+            raise ConfigError(
+                "padding=False gives sequences of different lengths, which do not stack into "
+                "one tensor. Fix: pass padding=True, or return_tensors=None for lists of ids"
+            )
+        if padding not in (True, False, "longest", "max_length"):
+            raise ConfigError(
+                f"padding={padding!r} is not one of True, False, 'longest', 'max_length'"
+            )
+        if return_tensors not in ("pt", "np", None):
+            raise ConfigError(f"return_tensors={return_tensors!r} is not one of 'pt', 'np', None")
+        encoded = self.encode_batch(
+            batch, add_special_tokens=add_special_tokens, max_length=max_length
+        )
+        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        if padding == "max_length":
+            width = max_length if max_length is not None else self.max_length
+            if width is None:
+                raise ConfigError(
+                    "padding='max_length' needs a length. Fix: pass max_length=N, or build the "
+                    "tokenizer with a max_length option"
+                )
+            extra = width - input_ids.shape[1]
+            input_ids = np.pad(input_ids, ((0, 0), (0, extra)), constant_values=self.pad_id)
+            attention_mask = np.pad(attention_mask, ((0, 0), (0, extra)))
+        if return_tensors is None:
+            lengths = attention_mask.sum(axis=1)
+            return {
+                "input_ids": [row[:n].tolist() for row, n in zip(input_ids, lengths, strict=True)],
+                "attention_mask": [[1] * int(n) for n in lengths],
+            }
+        if return_tensors == "np":
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
+        import torch
+
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+        }
 
     def offsets(self, seq: str, *, add_special_tokens: bool = True) -> np.ndarray:
         """Token index -> ``[start, end)`` span of one sequence, (n, 2) int64."""
@@ -854,6 +912,23 @@ class Tokenizer:
             raise ConfigError(
                 f"{file}: {error}. Fix: use the tokenizer.json written by biotransformer with "
                 "its model or data, unedited"
+            ) from None
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str]) -> Tokenizer:
+        """The tokenizer of a model directory (or a ``tokenizer.json``), as HuggingFace's
+        ``from_pretrained``; a source that is no file or directory is read as a spec
+        (``"protein"``, ``"dna-kmer:k=6"``)."""
+        path = Path(source)
+        if path.exists():
+            return cls.load(path)
+        try:
+            return cls.from_spec(os.fspath(source))
+        except ConfigError as error:
+            raise ConfigError(
+                f"{source}: no such file or directory, and not a tokenizer spec ({error}). "
+                "Fix: pass a model directory, a tokenizer.json, or a spec such as 'protein' or "
+                "'dna-kmer:k=6'"
             ) from None
 
     def __repr__(self) -> str:

@@ -55,7 +55,6 @@ import torch
 
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord, read_sequences
-from biotransformer.outputs import text_output
 from biotransformer.windows import first_window_size
 
 if TYPE_CHECKING:
@@ -570,15 +569,30 @@ def score_head(
     return {f"delta_{name}": deltas[:, i] for i, name in enumerate(names)}
 
 
+def score_names(model: torch.nn.Module, methods: Sequence[str]) -> list[str]:
+    """The score columns ``score-variants`` writes for ``model``: the masked-LM ``methods``, or
+    ``delta_<output>`` for a fine-tuned head."""
+    task = model.task
+    if task.has_labels:
+        return [f"delta_{name}" for name in task.output_names]
+    return list(methods)
+
+
+def score_rows(variants: Sequence[Variant], scores: dict[str, np.ndarray]) -> Iterable[list[str]]:
+    """One table row per variant: ``id``, ``record``, ``mutations``, then the scores."""
+    for i, variant in enumerate(variants):
+        values = [repr(float(column[i])) for column in scores.values()]
+        yield [variant.id, variant.record, variant.mutations, *values]
+
+
 def write_scores_tsv(
     variants: Sequence[Variant], scores: dict[str, np.ndarray], path: str | os.PathLike[str]
 ) -> Path:
-    """``id``, ``record``, ``mutations`` (``A42G:L45P``) and one column per score
-    (``-``: standard output)."""
-    with text_output(path, newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["id", "record", "mutations", *scores])
-        for i, variant in enumerate(variants):
-            values = [repr(float(column[i])) for column in scores.values()]
-            writer.writerow([variant.id, variant.record, variant.mutations, *values])
+    """``id``, ``record``, ``mutations`` (``A42G:L45P``) and one column per score, written
+    aside and renamed (``-``: standard output)."""
+    from biotransformer.streaming import TableStream
+
+    table = TableStream(path, {}, header=["id", "record", "mutations", *scores], overwrite=True)
+    table.append(score_rows(variants, scores))
+    table.finish()
     return Path(path)

@@ -33,20 +33,29 @@ def write_run_report(
     predictions: Predictions | None,
     sections: Mapping[str, Mapping[str, Any]],
     *,
+    data: str,
+    model: str,
     log_path: Path | None = None,
+    verdict: Mapping[str, Any] | None = None,
 ) -> Path:
     """``report.write_report`` of ``predictions`` on ``records`` (their labels as the truth),
-    the curves of ``log_path`` and the metrics of every section (e.g. valid, test)."""
+    the curves of ``log_path``, the ``verdict`` and the metrics of every section (e.g. valid,
+    test); ``data`` and ``model`` name what was evaluated in the title."""
     if predictions is None or not task.per_sequence:
-        return report.write_report(directory, task, sections, log_path=log_path)
+        return report.write_report(
+            directory, task, sections, data=data, model=model, log_path=log_path, verdict=verdict
+        )
     return report.write_report(
         directory,
         task,
         sections,
+        data=data,
+        model=model,
         truth=label_targets(task, records),
         scores=predictions.scores,
         predicted=predictions.predicted,
         log_path=log_path,
+        verdict=verdict,
     )
 
 

@@ -99,6 +99,40 @@ def test_variants_benchmark_smoke(repo_root, tmp_path):
     assert figures["max_abs_score_difference"] < 1e-3  # the same scores, computed both ways
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_embed_throughput_benchmark_smoke(repo_root, shared_data, tmp_path):
+    result = run_smoke(repo_root, tmp_path, "embed_throughput", as_module=True)
+    assert {"machine", "versions", "settings", "figures", "targets_met"} <= set(result)
+    for name in ("proteins", "generated"):
+        figure = result["figures"][name]
+        assert set(figure["records_per_s"]) == {"ours", "fair_esm", "hf"}
+        assert all(rate > 0 for rate in figure["records_per_s"].values())
+        # the same weights in the three pipelines: the same embeddings
+        assert max(figure["max_abs_difference_from_ours"].values()) < 1e-4
+    assert result["figures"]["ours_memory_200k"]["peak_rss_mib"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_gpu_check_dry_run_runs_every_step_on_the_cpu(repo_root, shared_data, tmp_path):
+    out = tmp_path / "gpu_check.json"
+    subprocess.run(
+        [str(repo_root / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=170,
+    )
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and set(result["training"]) == {"esm2_35M", "esm2_150M"}
+    for figure in result["training"].values():
+        assert all(rate > 0 for rate in figure["train_tokens_per_s"].values())
+        assert set(figure["mfu"]) == {"ours", "hf_esm"}
+    for name in ("proteins", "few"):
+        assert all(rate > 0 for rate in result["embedding"][name]["records_per_s"].values())
+    assert result["finetune"]["passed"], result["finetune"]
+
+
 def test_scaling_benchmark_smoke(repo_root, tmp_path):
     result = run_smoke(repo_root, tmp_path, "scaling", as_module=True)
     measured, projected = result["measured"], result["projected"]

@@ -84,6 +84,25 @@ def test_one_number_written_two_ways_is_not_two_classes(tmp_path):
     assert len(read_labelled(words, "classification", ReadOptions())) == 3  # not all numbers
 
 
+def test_numeric_classes_match_by_value_across_files():
+    """A valid/test/evaluation file that writes the model's class ``1`` as ``1.0`` means the
+    same class; a number the model does not have is still an error naming the labels."""
+    from biotransformer.inference import label_targets
+    from biotransformer.tasks import TaskInfo
+
+    task = TaskInfo("classification", ["0", "1", "2"])
+    records = [SequenceRecord(str(i), "ACGT", label) for i, label in enumerate(["1.0", "0", "2"])]
+    assert label_targets(task, records).tolist() == [1, 0, 2]
+    multilabel = TaskInfo("multilabel", ["1", "2"])
+    rows = label_targets(multilabel, [SequenceRecord("m", "ACGT", ("2.0", "1"))])
+    assert rows.tolist() == [[1, 1]]
+    with pytest.raises(InputError, match=r"label '3.0' is not one the model knows \(0, 1, 2\)"):
+        label_targets(task, [SequenceRecord("x", "ACGT", "3.0")])
+    words = TaskInfo("classification", ["1", "one"])
+    with pytest.raises(InputError, match=r"'1\.0' is not one"):
+        label_targets(words, [SequenceRecord("w", "ACGT", "1.0")])
+
+
 def test_loss_weights(tmp_path):
     targets = np.array([0, 0, 0, 1])
     balanced = loss_weights(config(tmp_path, class_weights="balanced"), ["0", "1"], targets)

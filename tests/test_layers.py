@@ -52,6 +52,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.sharding": "runtime",
     "biotransformer.checkpointing": "runtime",
     "biotransformer.outputs": "runtime",
+    "biotransformer.devices": "runtime",
     # workflows: runs of a model
     "biotransformer.engine": "workflows",
     "biotransformer.train": "workflows",
@@ -60,12 +61,14 @@ LAYERS: dict[str, str] = {
     "biotransformer.finetune_defaults": "workflows",
     "biotransformer.verdict": "workflows",
     "biotransformer.inference": "workflows",
+    "biotransformer.streaming": "workflows",
     "biotransformer.variants": "workflows",
     "biotransformer.saliency": "workflows",
     "biotransformer.visualize": "workflows",
     "biotransformer.baselines": "workflows",
     "biotransformer.quickstart": "workflows",
     "biotransformer.dataset_cards": "workflows",
+    "biotransformer.api": "workflows",  # the Python API; it implements the models' embed...
     # cli: one module per command
     "biotransformer.__main__": "cli",
     "biotransformer.cli": "cli",

@@ -32,13 +32,12 @@ def rng() -> np.random.Generator:
 def test_training_curves_hold_the_logged_values(tmp_path):
     path = tmp_path / "curves.png"
     figure = plots.plot_training_curves(LOG, path)
-    loss_axes, lr_axes, metric_axes = figure.axes
+    loss_axes, lr_axes = figure.axes  # validation metrics have their own figure
     train, valid = loss_axes.get_lines()
     assert train.get_xdata().tolist() == [10, 20, 30, 40]
     assert train.get_ydata().tolist() == [2.5, 2.1, 1.8, 1.6]
     assert valid.get_ydata().tolist() == [2.3, 1.9]
     assert lr_axes.get_lines()[0].get_ydata().tolist() == [1e-4, 2e-4, 2e-4, 1e-4]
-    assert [line.get_label() for line in metric_axes.get_lines()] == ["valid_mcc", "valid_f1"]
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary left over
 
@@ -53,7 +52,7 @@ def test_training_curves_without_validation_has_two_axes():
 def test_validation_metrics_one_line_per_metric():
     figure = plots.plot_validation_metrics(LOG)
     lines = {line.get_label(): line.get_ydata().tolist() for line in figure.axes[0].get_lines()}
-    assert lines == {"valid_mcc": [0.1, 0.3], "valid_f1": [0.4, 0.6]}
+    assert lines == {"mcc": [0.1, 0.3], "f1": [0.4, 0.6]}
     with pytest.raises(InputError, match="valid_"):
         plots.plot_validation_metrics([{"step": 1, "valid_loss": 1.0}])
 
@@ -74,13 +73,37 @@ def test_roc_and_precision_recall_one_vs_rest_for_multiclass(rng):
     probabilities = rng.dirichlet(np.ones(3), 150)
     names = np.array(["A", "B", "C"])[y]
     roc_axes = plots.plot_roc(names, probabilities, labels=["A", "B", "C"]).axes[0]
-    assert [line.get_label()[0] for line in roc_axes.get_lines()] == ["A", "B", "C", "c"]
+    legend = [text.get_text() for text in roc_axes.get_legend().get_texts()]
+    assert [name[0] for name in legend] == ["A", "B", "C"]  # the chance diagonal unlabelled
     pr_axes = plots.plot_precision_recall(y, probabilities).axes[0]
     _, recall, _ = precision_recall_curve(y == 2, probabilities[:, 2])
     *_, third_curve, third_base_rate = pr_axes.get_lines()  # each class: curve, base rate
     np.testing.assert_array_equal(third_curve.get_xdata(), recall)
     assert list(third_base_rate.get_ydata()) == [np.mean(y == 2)] * 2
     assert pr_axes.get_xlim() == (0.0, 1.0) and pr_axes.get_ylim() == (0.0, 1.0)
+
+
+def legend_outside(axes) -> bool:
+    """The legend's box lies right of the axes' box: it covers no point."""
+    renderer = axes.figure.canvas.get_renderer()
+    axes.figure.draw(renderer)
+    legend_box = axes.get_legend().get_window_extent(renderer)
+    return legend_box.x0 >= axes.get_window_extent(renderer).x1
+
+
+def test_many_classes_get_at_most_three_curves_per_axes_with_legends_clear(rng):
+    y = rng.integers(0, 7, 300)
+    probabilities = rng.dirichlet(np.ones(7), 300)
+    for draw in (plots.plot_roc, plots.plot_precision_recall):
+        figure = draw(y, probabilities)
+        legends = [[t.get_text() for t in axes.get_legend().get_texts()] for axes in figure.axes]
+        assert [len(names) for names in legends] == [3, 3, 1]
+        assert [name.split()[0] for names in legends for name in names] == list("0123456")
+        assert all(legend_outside(axes) for axes in figure.axes)
+    log = [{"step": s, **{f"valid_{m}": 0.1 * s for m in "abcdefg"}} for s in (1, 2)]
+    figure = plots.plot_validation_metrics(log)
+    assert [len(axes.get_lines()) for axes in figure.axes] == [3, 3, 1]
+    assert all(legend_outside(axes) for axes in figure.axes)
 
 
 def test_curves_need_both_classes():
@@ -117,12 +140,21 @@ def test_embeddings_pca_scatter_has_every_point(rng):
     assert len(continuous.axes) == 2  # the scatter and its colour bar
 
 
-def test_attention_map_thins_long_tick_labels(rng):
+def test_attention_map_labels_every_token_or_positions(rng):
+    short = rng.dirichlet(np.ones(30), size=30)
+    tokens = [f"t{i}" for i in range(30)]
+    axes = plots.plot_attention_map(short, tokens).axes[0]
+    assert [label.get_text() for label in axes.get_xticklabels()] == tokens
+    assert [label.get_text() for label in axes.get_yticklabels()] == tokens
+    assert axes.get_xlabel() == "key token"
     heads = rng.dirichlet(np.ones(100), size=(4, 100))  # (H, T, T), rows sum to 1
     tokens = [f"t{i}" for i in range(100)]
     axes = plots.plot_attention_map(heads, tokens).axes[0]
     np.testing.assert_allclose(axes.get_images()[0].get_array(), heads.mean(axis=0))
-    assert len(axes.get_xticklabels()) <= 40
+    # too long to label each token: positions (1-based), not every k-th token
+    names = [label.get_text() for label in axes.get_xticklabels()]
+    assert len(names) <= 40 and names[:3] == ["1", "4", "7"]
+    assert axes.get_xlabel() == "key token position"
     one_head = plots.plot_attention_map(heads, tokens, head=2).axes[0]
     np.testing.assert_allclose(one_head.get_images()[0].get_array(), heads[2])
     with pytest.raises(InputError, match="tokens"):
@@ -180,13 +212,13 @@ def test_report_embeds_plots_and_exact_metric_values(tmp_path, rng):
     report = plots.write_report_html(
         tmp_path / "report.html",
         title="test report",
-        metrics=metrics,
+        tables={"test": plots.MetricsSection("test split", metrics)},
         images=images,
         notes=["bootstrap over samples"],
     )
     parser = ReportParser()
     parser.feed(report.read_text(encoding="utf-8"))
-    assert parser.headings == list(images)
+    assert parser.headings == ["test split", *images]
     assert all(src.startswith("data:image/png;base64,") for src in parser.images)
     values = dict(parser.rows[1:])
     assert values["n"] == [100.0]
@@ -194,5 +226,5 @@ def test_report_embeds_plots_and_exact_metric_values(tmp_path, rng):
         assert values[name] == [entry["value"], entry["ci_low"], entry["ci_high"]]
     with pytest.raises(InputError, match="missing"):
         plots.write_report_html(
-            tmp_path / "bad.html", title="x", metrics={}, images={"missing": tmp_path / "no.png"}
+            tmp_path / "bad.html", title="x", tables={}, images={"missing": tmp_path / "no.png"}
         )

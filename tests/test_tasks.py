@@ -255,3 +255,16 @@ def test_the_class_name_check_finds_what_inference_did_before() -> None:
     assert any(_dispatches_on_a_class_name(node) for node in ast.walk(ast.parse(before)))
     direct = 'if type(model).__name__ == "TokenClassifier":\n    pass\n'
     assert any(_dispatches_on_a_class_name(node) for node in ast.walk(ast.parse(direct)))
+
+
+def test_decision_threshold_is_the_one_decisions_use():
+    binary = TaskInfo("classification", ["neg", "pos"])
+    assert binary.decision_threshold == 0.5
+    scores = np.array([[0.45, 0.55], [0.7, 0.3]])
+    assert binary.decide(scores).tolist() == [1, 0]
+    tuned = TaskInfo("classification", ["neg", "pos"], threshold=0.6)
+    assert tuned.decision_threshold == 0.6 and tuned.decide(scores).tolist() == [0, 0]
+    assert TaskInfo("multilabel", ["a", "b"]).decision_threshold == 0.5
+    assert TaskInfo("classification", ["a", "b", "c"]).decision_threshold is None
+    assert TaskInfo("token-classification", ["m", "."]).decision_threshold is None
+    assert TaskInfo("regression", []).decision_threshold is None

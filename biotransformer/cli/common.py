@@ -1,8 +1,10 @@
 """Flags and input reading shared by the commands that run a model over sequence files.
 
-Input columns and batch size (embed, predict, evaluate, saliency, plot-embeddings), windows for
-long records and strand averaging (predict, evaluate, embed), and reading the ``--input`` records
-with the model's alphabet (embed, predict). Each flag keeps one name, default and help text here.
+Device and precision (every command that runs a model), input columns and batch size (embed,
+predict, evaluate, saliency, plot-embeddings), windows for long records and strand averaging
+(predict, evaluate, embed), streaming and ``--resume`` (embed, predict, score-variants), and the
+keyword arguments of the Python API (``biotransformer.api``) they become. Each flag keeps one
+name, default and help text here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from biotransformer.config import (
     positive_int,
     probability,
 )
+from biotransformer.constants import DEVICE_NAMES, DTYPE_NAMES
 
 # Value types of numeric flags (``config.Domain``, the same checks as config keys): each checks
 # its domain, so argparse names the flag, prints the allowed range and exits with status 2 (no
@@ -70,54 +73,119 @@ def add_max_tokens_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where and in what precision the model runs."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="|".join(DEVICE_NAMES),
+        help="where the model runs: auto (a CUDA GPU when there is one, else an Apple GPU, "
+        "else the CPU; under torchrun each rank takes the GPU of its LOCAL_RANK), cpu, cuda, "
+        "cuda:N or mps (default: auto)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default="auto",
+        help="precision of the weights and activations: auto (bf16 on a CUDA GPU that "
+        "supports it, fp16 on an older one, fp32 on the CPU and MPS), fp32, bf16 or fp16 "
+        "(GPU only) (default: auto)",
+    )
+
+
+def load_placed_model(args: argparse.Namespace) -> Any:
+    """``--model`` (``biotransformer.api.load_model``: a directory, ``hf:`` or ``fair-esm:``)
+    on the ``--device`` in the ``--dtype`` the flags ask for (checked before it is read)."""
+    from biotransformer.api import load_model
+    from biotransformer.devices import place_model, resolve_placement
+
+    placement = resolve_placement(args.device, args.dtype)
+    return place_model(load_model(args.model, require_tokenizer=True), placement)
+
+
 def load_launched_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on its device."""
-    from biotransformer.heads import load_model
+    """The accelerator of an ``accelerate launch`` (or None) and ``--model`` on this
+    process's ``--device`` in ``--dtype``."""
     from biotransformer.runtime import launched_accelerator
 
     accelerator = launched_accelerator()
-    model = load_model(args.model, require_tokenizer=True)
-    if accelerator is not None:
-        model.to(accelerator.device)
-    return accelerator, model
+    return accelerator, load_placed_model(args)
+
+
+def read_input_records(args: argparse.Namespace, model: Any) -> Iterator[Any]:
+    """Every unlabelled record of ``--input``, one at a time (``api.iter_file_records``)."""
+    from biotransformer.api import iter_file_records
+
+    return iter_file_records(
+        args.input, model.tokenizer, args.sequence_column, args.id_column, args.duplicate_ids
+    )
+
+
+def add_resume_option(parser: argparse.ArgumentParser, what: str = "records") -> None:
+    """``--resume`` (continue a streamed output where a stopped run left it) and
+    ``--chunk-records`` (``what`` is run and written together)."""
+    letters = "; a chunk also ends at 4 Mi letters" if what == "records" else ""
+    parser.add_argument(
+        "--chunk-records",
+        type=positive_int,
+        default=4096,
+        metavar="N",
+        help=f"{what} run and written together: memory grows with N, and a stopped run loses "
+        f"at most the chunk in progress (default: 4096{letters})",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run that stopped before the end (killed, out of time) where it "
+        f"stopped: the {what} it wrote are kept (the hidden .OUT.partial file beside --out) "
+        "and only the rest are run; the model, inputs and options must be the same",
+    )
+
+
+def stream_fingerprint(
+    args: argparse.Namespace, model: Any, files: dict[str, str], **options: Any
+) -> dict[str, Any]:
+    """What must match for ``--resume`` to continue a run: the model directory, the input
+    ``files``, the precision, ``--chunk-records`` and the ``options`` that change the output."""
+    from biotransformer.streaming import file_fingerprint
+
+    return {
+        "model": file_fingerprint(args.model),
+        **{name: file_fingerprint(path) for name, path in files.items()},
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "chunk_records": args.chunk_records,
+        **options,
+    }
+
+
+def window_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
+    """The batching and window options of ``embed`` and ``predict`` that change their output."""
+    return {
+        "max_tokens": args.max_tokens,
+        "window_overlap": args.window_overlap,
+        "window_aggregate": args.window_aggregate,
+    }
 
 
 def load_task_with_threshold(args: argparse.Namespace, model: Any) -> Any:
     """The model's task, with ``--threshold`` (when given) as its decision threshold."""
-    task = model.task
-    if args.threshold is not None:
-        task.threshold = args.threshold
-    return task
+    from biotransformer.api import task_with_threshold
+
+    return task_with_threshold(model, args.threshold)
 
 
-def read_input_records(args: argparse.Namespace, model: Any) -> list[Any]:
-    """Every unlabelled record of ``--input``, checked against the model's alphabet (a
-    record of the other alphabet is refused with the fix for this command: another model)."""
-    from biotransformer.errors import InputError
-    from biotransformer.io import read_sequences
+def reading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's keyword arguments of the column flags (``add_column_options``)."""
+    return {
+        "sequence_column": args.sequence_column,
+        "id_column": args.id_column,
+        "duplicate_ids": args.duplicate_ids,
+    }
 
-    try:
-        return list(
-            read_sequences(
-                args.input,
-                sequence_column=args.sequence_column,
-                id_column=args.id_column,
-                label_column=None,
-                alphabet=model.tokenizer.alphabet,
-                duplicate_ids=args.duplicate_ids,
-            )
-        )
-    except InputError as error:
-        if not error.problem.startswith("this looks like"):
-            raise
-        other = "DNA" if model.tokenizer.alphabet == "protein" else "protein"
-        raise InputError(
-            f"{error.problem}, and --model {args.model} reads {model.tokenizer.alphabet}",
-            path=error.path,
-            record=error.record,
-            line=error.line,
-            fix=f"use a {other} model, or check the file",
-        ) from None
+
+def window_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's keyword arguments of the window flags (``add_window_options``)."""
+    return {"window_overlap": args.window_overlap, "window_aggregate": args.window_aggregate}
 
 
 @contextmanager
@@ -171,16 +239,7 @@ def add_window_options(parser: argparse.ArgumentParser, *, rc_average: bool = Tr
 
 
 def window_options(args: argparse.Namespace, model: Any) -> Any:
-    """The ``WindowOptions`` the flags ask for; a ``--window-overlap`` that is not smaller
-    than ``model``'s window (in letters) is refused before any work."""
-    from biotransformer.errors import ConfigError
-    from biotransformer.windows import WindowOptions, first_window_size
+    """The ``WindowOptions`` the flags ask for (``api.window_options``)."""
+    from biotransformer.api import window_options as options
 
-    size = first_window_size(model.tokenizer, model.config.max_length)
-    if args.window_overlap is not None and args.window_overlap >= size:
-        raise ConfigError(
-            f"--window-overlap {args.window_overlap} is not smaller than the window of "
-            f"--model {args.model} ({size} letters). Fix: give a --window-overlap below {size} "
-            "(default: a quarter of the window)"
-        )
-    return WindowOptions(overlap=args.window_overlap, aggregate=args.window_aggregate)
+    return options(model, args.window_overlap, args.window_aggregate)

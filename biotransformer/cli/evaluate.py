@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from biotransformer.atomic import json_text
 from biotransformer.cli.common import (
+    add_device_options,
     add_max_tokens_option,
     add_window_options,
     load_launched_model,
@@ -78,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_max_tokens_option(parser)
     add_window_options(parser)
     add_label_options(parser)
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -140,6 +143,12 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
         labelled=task.has_labels,
         alphabet=model.tokenizer.alphabet,
     )
+    if is_main(accelerator):
+        print(
+            f"evaluating {len(records)} records of {args.data} "
+            f"({args.bootstrap} bootstrap resamples for the 95% CIs)",
+            file=sys.stderr,
+        )
     try:
         metrics, predictions = evaluate_records(
             model,
@@ -163,5 +172,14 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
     if predictions is not None and args.predictions_out:
         write_predictions_tsv(predictions, args.predictions_out)
     if report_dir is not None:
-        write_run_report(report_dir, task, records, predictions, {"data": metrics})
+        print(f"writing the plots and {report_dir / 'report.html'}", file=sys.stderr)
+        write_run_report(
+            report_dir,
+            task,
+            records,
+            predictions,
+            {Path(args.data).name: metrics},
+            data=Path(args.data).name,
+            model=str(args.model),
+        )
     return 0

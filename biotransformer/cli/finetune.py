@@ -121,11 +121,12 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fine-tune and print where the results are; 130 when stopped by a signal."""
-    from biotransformer.finetune import finetune
+    """Fine-tune (``biotransformer.api``) and print where the results are; 130 when stopped
+    by a signal."""
+    from biotransformer.api import run_finetune
     from biotransformer.verdict import verdict_lines
 
-    result = finetune(build_config(args))
+    result = run_finetune(build_config(args))
     if result.outcome == "interrupted":
         return 130
     split = "test" if "test" in result.metrics else "valid"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from biotransformer.cli.common import any_int, naming_input, non_negative_int
+from biotransformer.cli.common import (
+    add_device_options,
+    any_int,
+    load_placed_model,
+    naming_input,
+    non_negative_int,
+)
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
@@ -40,16 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="attention head (default: the mean over heads)",
     )
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute the attention weights and write the PNG."""
-    from biotransformer.heads import load_model
     from biotransformer.visualize import plot_attention_of
 
     check_output_file(args.out, inputs=[args.model, args.input], overwrite=args.overwrite)
-    model = load_model(args.model, require_tokenizer=True)
+    model = load_placed_model(args)
     sequence = the_sequence(args, model)
     plot_attention_of(model, sequence, args.out, layer=args.layer, head=args.head)
     print(f"attention map of layer {args.layer} written to {args.out}")

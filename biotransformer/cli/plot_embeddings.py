@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from biotransformer.cli.common import (
+    add_device_options,
     add_duplicate_ids_option,
     add_max_tokens_option,
     any_int,
+    load_placed_model,
 )
 from biotransformer.config import column
 from biotransformer.outputs import add_overwrite_option, check_output_file
@@ -58,17 +60,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_duplicate_ids_option(parser)
     add_max_tokens_option(parser)
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Embed, project and write the PNG."""
-    from biotransformer.heads import load_model
     from biotransformer.io import read_sequences
     from biotransformer.visualize import plot_embeddings_of
 
     check_output_file(args.out, inputs=[args.model, args.data], overwrite=args.overwrite)
-    model = load_model(args.model, require_tokenizer=True)
+    model = load_placed_model(args)
     records = list(
         read_sequences(
             args.data,

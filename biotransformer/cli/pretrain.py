@@ -81,11 +81,11 @@ def resolve_config_path(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, apply overrides, pretrain; 130 when stopped by a signal."""
-    from biotransformer.train import pretrain
+    from biotransformer.api import run_pretrain
 
     path = resolve_config_path(args.config)
     config = config_from_args(RunConfig, args, FLAGS, path=path, overrides=args.overrides)
-    result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
+    result = run_pretrain(config, resume=args.resume, overwrite=args.overwrite)
     if result.outcome == "interrupted":
         return 130
     print(f"pretraining finished at step {result.step}; model saved to {result.model_dir}")

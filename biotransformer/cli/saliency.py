@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import add_column_options, naming_input, positive_int
+from biotransformer.cli.common import (
+    add_column_options,
+    add_device_options,
+    load_placed_model,
+    naming_input,
+    positive_int,
+)
 from biotransformer.outputs import add_overwrite_option, claim_run_directory
 
 
@@ -48,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mutants per forward pass (default: %(default)s)",
     )
     add_column_options(parser)
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -55,14 +62,13 @@ def run(args: argparse.Namespace) -> int:
     """Explain the first records and write tables and plots."""
     from itertools import islice
 
-    from biotransformer.heads import load_model
     from biotransformer.io import read_sequences
     from biotransformer.saliency import explain, file_stem, write_saliency, write_saliency_index
 
     with claim_run_directory(
         args.out, command="saliency", inputs=[args.model, args.input], overwrite=args.overwrite
     ) as run:
-        model = load_model(args.model, require_tokenizer=True)
+        model = load_placed_model(args)
         task = model.task
         records = read_sequences(
             args.input,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from biotransformer.cli.common import positive_int
+from biotransformer.cli.common import (
+    add_device_options,
+    add_resume_option,
+    load_placed_model,
+    positive_int,
+    stream_fingerprint,
+)
 from biotransformer.outputs import add_overwrite_option, check_output_file, report_stream
 
 
@@ -19,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "VCF of single-base substitutions; every reference letter is checked. Masked-LM "
             "models: masked_marginal and wt_marginal log-odds (as ESM-1v; combinations sum "
             "their sites) and, with --methods, pll_diff. Fine-tuned heads: delta_<label>, the "
-            "mutant's prediction minus the wild type's. Writes one TSV row per variant."
+            "mutant's prediction minus the wild type's. Writes one TSV row per variant, chunk by "
+            "chunk (--chunk-records variants); --resume continues a run that was stopped."
         ),
     )
     parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
@@ -33,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, metavar="FILE.tsv", help="scores TSV ('-': standard output)"
     )
     add_overwrite_option(parser)
+    add_resume_option(parser, "variants")
     parser.add_argument(
         "--methods",
         default="masked_marginal,wt_marginal",
@@ -51,36 +59,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16384,
         help="fine-tuned heads: padded tokens per batch (default: %(default)s)",
     )
+    add_device_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, check, score and write the variants."""
-    from biotransformer.heads import load_model
+    """Read and check the variants, then score them chunk by chunk, appending each chunk's
+    rows to the table (resumable)."""
+    from biotransformer.streaming import TableStream
     from biotransformer.variants import (
         read_reference,
         read_variants,
         score_head,
         score_masked_lm,
-        write_scores_tsv,
+        score_names,
+        score_rows,
     )
 
     inputs = [args.model, args.reference, args.variants]
     check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, allow_stdout=True)
-    model = load_model(args.model, require_tokenizer=True)
+    model = load_placed_model(args)
     task = model.task
     reference = read_reference(args.reference, alphabet=model.tokenizer.alphabet)
     variants = read_variants(args.variants, reference)
-    if not task.has_labels:
-        methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-        scores = score_masked_lm(
-            model, variants, reference, methods=methods, batch_size=args.batch_size
-        )
-    else:
-        scores = score_head(model, task, variants, reference, max_tokens=args.max_tokens)
-    write_scores_tsv(variants, scores, args.out)
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    names = score_names(model, methods)
+    fingerprint = stream_fingerprint(
+        args,
+        model,
+        {"reference": args.reference, "variants": args.variants},
+        methods=methods,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+    )
+    table = TableStream(
+        args.out,
+        fingerprint,
+        header=["id", "record", "mutations", *names],
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    kept = table.done
+    for start in range(kept, len(variants), args.chunk_records):
+        chunk = variants[start : start + args.chunk_records]
+        if task.has_labels:
+            scores = score_head(model, task, chunk, reference, max_tokens=args.max_tokens)
+        else:
+            scores = score_masked_lm(
+                model, chunk, reference, methods=methods, batch_size=args.batch_size
+            )
+        table.append(score_rows(chunk, scores))
+    table.finish()
+    resumed = f" ({kept} kept from the stopped run)" if kept else ""
     print(
-        f"{len(variants)} variants scored ({', '.join(scores)}) to {args.out}",
+        f"{len(variants)} variants scored ({', '.join(names)}) to {args.out}{resumed}",
         file=report_stream(args.out),
     )
     return 0
