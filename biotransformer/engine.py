@@ -164,6 +164,10 @@ class Recipe(Protocol[ResultT]):
         """Validation for the loop (log values by name), or None."""
         ...
 
+    def stop_early(self, step: int) -> str | None:
+        """After the evaluation at ``step``: why the run should end now, or None."""
+        ...
+
     def finish(self, run: Run, outcome: Outcome) -> ResultT:
         """After the loop (before the process group ends): save, evaluate, the result."""
         ...
@@ -265,6 +269,7 @@ def _run(
         checkpointer=checkpointer,
         log=log,
         evaluate=recipe.evaluator(run),
+        stop_early=recipe.stop_early,
         count=plan.count,
         desc=recipe.kind,
         resume_hint=recipe.resume_hint,
@@ -578,6 +583,8 @@ class LoopContext:
     ``count`` gives the number of loss targets of a micro-batch, the denominator of the
     loss: labelled tokens by default (masked-LM, token classification); fine-tuning of
     sequence heads counts sequences. ``desc`` names the run in the progress bar.
+    ``stop_early``, asked after each evaluation, ends the run (finished) when it gives a
+    reason; it must answer the same on every process.
     """
 
     checkpointer: Checkpointer
@@ -587,6 +594,7 @@ class LoopContext:
     stop: StopRequest = field(default_factory=StopRequest)
     count: Callable[[Mapping[str, torch.Tensor]], int] = count_targets
     desc: str = "pretrain"
+    stop_early: Callable[[int], str | None] = lambda step: None
 
 
 def train_loop(
@@ -678,12 +686,18 @@ def train_loop(
                     }
                 )
                 window = _LogWindow()
+            reason = None
             if evaluate_now:
                 context.log.write(
                     {"step": state.step, "epoch": batches.epoch, **context.evaluate()}
                 )
+                reason = None if last else context.stop_early(state.step)
             if save_now:
                 _save(context.checkpointer, state, batches)
+            if reason is not None:
+                progress.close()
+                accelerator.print(f"stopped early at step {state.step}: {reason}")
+                return "finished"
             if totals.stop_requested:
                 progress.close()
                 accelerator.print(

@@ -54,6 +54,7 @@ from biotransformer.finetune_data import (
     read_labelled,
     targets_of,
 )
+from biotransformer.finetune_defaults import resolve_batch, resolve_length, resolve_setup
 from biotransformer.heads import MODEL_CLASSES, load_model, set_class_weights
 from biotransformer.hub import import_model
 from biotransformer.inference import (
@@ -84,13 +85,11 @@ from biotransformer.strands import (
 )
 from biotransformer.tasks import TASKS, TaskInfo
 from biotransformer.tokenizers import Tokenizer
+from biotransformer.verdict import has_baseline, verdict
 from biotransformer.visualize import write_run_report
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-DEFAULT_PRESETS = {"dna": "dna-t6-8M", "protein": "protein-t6-8M"}
-
 
 # ---------------------------------------------------------------------------------------------
 # The model
@@ -104,7 +103,8 @@ def build_model(
     longest: int,
 ) -> torch.nn.Module:
     """The head model: warm started from ``config.model_dir`` (its encoder and tokenizer) or
-    a new encoder of ``config.preset`` (default by alphabet) with ``config.tokenizer``."""
+    a new encoder of ``config.preset`` with ``config.tokenizer`` (both resolved by
+    ``finetune_defaults.resolve_setup``)."""
     spec = TASKS[config.task]
     cls = MODEL_CLASSES[spec.model_type]
     head: dict[str, Any] = dict(spec.head_options)
@@ -130,9 +130,10 @@ def build_model(
                 "a warm-started model keeps its tokenizer; drop --tokenizer"
             )
     else:
-        spec = config.tokenizer or ("protein" if alphabet == "protein" else "dna")
-        tokenizer = Tokenizer.from_spec(spec)
-        preset = config.preset or DEFAULT_PRESETS[alphabet]
+        if config.tokenizer is None or config.preset is None:
+            raise ConfigError("a new model needs a resolved tokenizer and preset")
+        tokenizer = Tokenizer.from_spec(config.tokenizer)
+        preset = config.preset
         overrides = dict(config.model)
         overrides.setdefault(
             "max_length", max(ModelConfig.from_preset(preset, vocab_size=8).max_length, longest)
@@ -249,13 +250,19 @@ class FinetuneRecipe:
         return finetune_inputs(self.config)
 
     def plan(self, accelerator: Accelerator) -> Plan:
-        config, seed = self.config, self.training.seed
+        seed = self.training.seed
         self.started = time.perf_counter()
-        first = next(iter(read_labelled(config.train, config.task, config.read)))
+        self.accelerator = accelerator
+        first = next(iter(read_labelled(self.config.train, self.config.task, self.config.read)))
         alphabet = guess_alphabet(first.sequence)
-        self.splits, self.report = prepare_splits(config, alphabet)
+        self.splits, self.report = prepare_splits(self.config, alphabet)
         for line in self.report.lines():
             accelerator.print(line)
+        self.resolved = resolve_setup(
+            self.config, alphabet, [len(record.sequence) for record in self.splits["train"]]
+        )
+        config = self.config = self.resolved.config
+        self.training = dataclasses.replace(config.training, output_dir=str(self.output_dir))
         labels = label_vocabulary(config.task, self.splits["train"])
         self.task = TaskInfo(config.task, labels, rc_average=config.rc_average)
 
@@ -268,6 +275,7 @@ class FinetuneRecipe:
         if config.rc_average:
             require_dna(self.tokenizer, "reverse-complement averaging")
         self.datasets = {name: self.dataset(records) for name, records in self.splits.items()}
+        resolve_batch(self.resolved, self.datasets["train"].lengths)
         train_targets = (
             label_targets(self.task, self.splits["train"])
             if config.task != "token-classification"
@@ -324,21 +332,15 @@ class FinetuneRecipe:
         return label_targets(self.task, [record])[0]
 
     def resolve(self, steps_per_epoch: int) -> TrainingConfig:
-        """Steps from epochs (unless ``max_steps`` is set), warmup from ``warmup_fraction``,
-        ``evals_per_epoch`` evaluations per epoch, a log row at least at each evaluation."""
-        config = self.config
-        max_steps = config.max_steps or max(math.ceil(config.epochs * steps_per_epoch), 1)
-        eval_every = max(min(steps_per_epoch, max_steps) // config.evals_per_epoch, 1)
-        return dataclasses.replace(
-            self.training,
-            max_steps=max_steps,
-            warmup_steps=round(config.warmup_fraction * max_steps),
-            eval_every=eval_every,
-            log_every=min(self.training.log_every, eval_every),
-        )
+        """The run's length, warmup, evaluations and patience (``finetune_defaults``),
+        printed with every value resolved at the start."""
+        self.training = resolve_length(self.resolved, self.training, steps_per_epoch)
+        for line in self.resolved.lines():
+            self.accelerator.print(line)
+        return self.training
 
     def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {**self.config.to_dict(), "training": dataclasses.asdict(training)}, self.run_info
+        return self.config.to_dict(), {**self.run_info, "settings": self.resolved.reasons}
 
     def checkpoint_state(self) -> dict[str, Stateful]:
         return {"selection": self.selection}
@@ -407,6 +409,20 @@ class FinetuneRecipe:
 
         return evaluate
 
+    def stop_early(self, step: int) -> str | None:
+        """Stop once ``patience`` evaluations in a row have not beaten the selected model,
+        from the second half of the run on (a small set often learns late)."""
+        patience, every = self.config.patience, self.training.eval_every
+        best = self.selection.step
+        if not patience or best is None or 2 * step < self.training.max_steps:
+            return None
+        if step - best < patience * every:
+            return None
+        return (
+            f"{patience} validation evaluations without a better score than step {best}'s "
+            "(patience; 0 never stops early)"
+        )
+
     def finish(self, run: Run, outcome: Outcome) -> FinetuneResult:
         """Merge LoRA adapters, evaluate the selected model (threshold tuning, test split)
         and write ``metrics.json``; a complete run removes its checkpoints."""
@@ -426,8 +442,12 @@ class FinetuneRecipe:
             accelerator,
             self.report,
             best_step,
-            model_name=describe_start(self.config, self.run_info["alphabet"]),
+            alphabet=self.run_info["alphabet"],
+            model_name=describe_start(self.config),
         )
+        metrics["steps"] = run.state.step
+        if run.state.step < self.training.max_steps:
+            metrics["stopped_early_at"] = run.state.step
         elapsed = time.perf_counter() - self.started
         if accelerator.is_main_process:
             metrics["seconds"] = elapsed
@@ -469,10 +489,10 @@ def _target_counter(task: str) -> Any:
     return lambda batch: len(batch["input_ids"])
 
 
-def describe_start(config: FinetuneConfig, alphabet: str) -> str:
-    """The model a fine-tune starts from, in words, for the report's title."""
+def describe_start(config: FinetuneConfig) -> str:
+    """The model a (resolved) fine-tune starts from, in words, for the report's title."""
     if config.model_dir is None:
-        start = f"new {config.preset or DEFAULT_PRESETS[alphabet]} encoder"
+        start = f"new {config.preset} encoder"
     else:
         start = f"warm start from {config.model_dir}"
     if config.lora is not None:
@@ -490,12 +510,14 @@ def final_evaluation(
     report: SplitReport,
     best_step: int,
     *,
+    alphabet: str,
     model_name: str,
 ) -> dict[str, Any]:
     """Reload the selected model; tune the threshold on validation if asked (stored in the
     head section of its ``config.json``); evaluate validation and, once, test; write the
-    prediction TSVs and the report (titled with ``model_name``), saying what it does as it
-    goes."""
+    prediction TSVs; the verdict against the composition baseline on the last split
+    evaluated (``verdict``); the report (titled with ``model_name``), saying what it does as
+    it goes."""
     model = load_model(model_dir).to(accelerator.device)
     task = model.task
     if config.tune_threshold and task.problem in ("binary", "multilabel"):
@@ -541,6 +563,17 @@ def final_evaluation(
         if predictions is not None and accelerator.is_main_process:
             write_predictions_tsv(predictions, output_dir / f"predictions_{name}.tsv")
         last_split, last_predictions = name, predictions
+    if has_baseline(task) and accelerator.is_main_process:
+        accelerator.print(f"fitting the composition baseline on {len(splits['train'])} records")
+        metrics["verdict"] = verdict(
+            task,
+            alphabet,
+            splits["train"],
+            splits[last_split],
+            last_predictions.scores,
+            split=last_split,
+            bootstrap=config.bootstrap,
+        )
     if config.plots and accelerator.is_main_process:
         accelerator.print(f"writing the plots and {output_dir / 'report.html'}")
         sections = {name: metrics[name] for name in ("valid", "test") if name in metrics}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -406,6 +407,104 @@ def evaluate_predictions(
         "metrics": metrics,
         "notes": notes,
     }
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``metric`` of two sets of scores of the same samples, ``a - b``, and the percentile
+    bootstrap interval of the difference over shared resamples (NaN without resamples)."""
+
+    metric: str
+    a: float
+    b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    n_resamples: int
+
+
+def paired_difference(
+    problem: Problem,
+    y_true: Any,
+    scores_a: Any,
+    scores_b: Any,
+    metric: str,
+    *,
+    threshold_a: float | Sequence[float] = 0.5,
+    threshold_b: float | Sequence[float] = 0.5,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """``metric`` of ``scores_a`` minus that of ``scores_b`` on the same ``y_true``, with a
+    paired bootstrap interval: each resample draws the same samples for both, so the interval
+    is that of the difference, not of either score. For regression the scores are values;
+    ``threshold_a``/``threshold_b`` decide binary and multilabel predictions."""
+    _check_confidence(confidence)
+
+    def prepared(scores: Any, threshold: Any) -> Callable[[np.ndarray], float]:
+        if problem == "regression":
+            truth, values = _prepare_regression(y_true, scores)
+            if metric == "r2":
+                return lambda rows: _r2(truth[rows], values[rows])
+            return lambda rows: _regression(truth[rows], values[rows])[0][metric]
+        y, probabilities, names = _prepare_classification(problem, y_true, scores, None)
+        cut = _check_threshold(problem, threshold, y.shape[1])
+        if metric == "mcc":
+            return _mcc_of(problem, y, probabilities, cut)
+        return lambda rows: _classification(problem, y[rows], probabilities[rows], names, cut)[0][
+            metric
+        ]
+
+    metric_a, metric_b = prepared(scores_a, threshold_a), prepared(scores_b, threshold_b)
+    everything = np.arange(len(np.asarray(y_true)))
+    a, b = metric_a(everything), metric_b(everything)
+    low = high = math.nan
+    if n_resamples > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            draws = [
+                metric_a(rows) - metric_b(rows)
+                for rows in _resamples(len(everything), n_resamples, seed)
+            ]
+        low, high = _percentile_interval(draws, confidence)
+    return PairedDifference(metric, a, b, a - b, low, high, n_resamples)
+
+
+def _confusion_mcc(truth: np.ndarray, predicted: np.ndarray, classes: int) -> float:
+    """MCC from the confusion matrix (scikit-learn's formula, 0 where undefined), in numpy:
+    a thousand bootstrap resamples take a fraction of a second."""
+    confusion = np.bincount(truth * classes + predicted, minlength=classes * classes).reshape(
+        classes, classes
+    )
+    true_sum, predicted_sum = confusion.sum(axis=1), confusion.sum(axis=0)
+    n = confusion.sum()
+    covariance = np.trace(confusion) * n - true_sum @ predicted_sum
+    spread = (n * n - predicted_sum @ predicted_sum) * (n * n - true_sum @ true_sum)
+    return 0.0 if spread == 0 else float(covariance / np.sqrt(spread))
+
+
+def _mcc_of(
+    problem: str, y: np.ndarray, scores: np.ndarray, threshold: Any
+) -> Callable[[np.ndarray], float]:
+    """MCC of the resample ``rows``, decided as ``_classification`` decides (threshold, or
+    the arg-max for multi-class; multilabel: the mean over labels)."""
+    if problem == "multiclass":
+        truth, predicted = y.argmax(axis=1), scores.argmax(axis=1)
+        return lambda rows: _confusion_mcc(truth[rows], predicted[rows], y.shape[1])
+    decided = (scores >= np.asarray(threshold)).astype(np.int64)
+    return lambda rows: float(
+        np.mean([_confusion_mcc(y[rows, j], decided[rows, j], 2) for j in range(y.shape[1])])
+    )
+
+
+def _r2(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """R^2 averaged over targets, as ``sklearn.metrics.r2_score`` (NaN for a constant
+    target)."""
+    residual = ((truth - predicted) ** 2).sum(axis=0)
+    total = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.mean(1.0 - residual / total))
 
 
 # ----------------------------------------------------------------------------- thresholds

@@ -165,6 +165,10 @@ class PretrainRecipe:
             model=network,
         )
 
+    def stop_early(self, step: int) -> str | None:
+        """Pretraining runs its ``max_steps``."""
+        return None
+
     def abandon(self, run: Run) -> None:
         """Nothing to remove: a pretraining run writes its model only when it finishes."""
 

@@ -144,3 +144,14 @@ def test_scaling_benchmark_smoke(repo_root, tmp_path):
     by_gpus = shapes["esm2-650M"]["by_gpus"]
     assert set(by_gpus) == {"1", "8", "16", "64"}
     assert by_gpus["1"]["gpu_hours_per_1e9_tokens"] <= by_gpus["64"]["gpu_hours_per_1e9_tokens"]
+
+
+def test_finetune_defaults_benchmark_smoke(repo_root, tmp_path):
+    result = run_smoke(repo_root, tmp_path, "finetune_defaults")
+    assert {"date", "machine", "versions", "goal", "settings", "runs", "summary"} <= set(result)
+    assert set(result["summary"]) == {"multiclass", "regression"}
+    for run in result["runs"]:  # every run's verdict, with the settings it resolved
+        assert run["metric"] == ("r2" if run["dataset"] == "regression" else "mcc")
+        assert run["difference"] == pytest.approx(run["model"] - run["baseline"])
+        assert run["settings"]["training.lr"] == 0.002  # a new encoder's rate
+        assert run["seconds"] > 0

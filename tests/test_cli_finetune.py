@@ -47,6 +47,7 @@ def gue_run(shared_data, tmp_path_factory):
             "--valid", str(files["dev"]),
             "--test", str(files["test"]),
             "--preset", "tiny",
+            "--tokenizer", "dna",  # one token per base: the per-token embeddings below
             "--out", str(out),
             "--epochs", "2",
             "--lr", "1e-3",

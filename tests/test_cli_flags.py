@@ -43,14 +43,18 @@ def finetune_config(*argv: str) -> FinetuneConfig:
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_flag_default_is_the_dataclass_default(command: str) -> None:
     """A default is stated once: each aliased flag's default is its key's dataclass default
-    (finetune's --lr: 3e-4, from FinetuneConfig's training section, not TrainingConfig's)."""
+    (finetune's --lr: None, chosen by the start (finetune_defaults), from FinetuneConfig's
+    training section, not TrainingConfig's)."""
     cls, flags = COMMANDS[command]
     actions = {a.option_strings[0]: a for a in command_parser(command)._actions if a.option_strings}
     for flag, key in flags.items():
         _, _, default = field_at(cls, key)
         expected = None if default is dataclasses.MISSING else default
         assert actions[flag].default == expected, (command, flag, key)
-    assert actions["--lr" if command == "finetune" else flag].default is not None
+    if command == "finetune":
+        assert actions["--lr"].default is None
+    else:
+        assert actions[flag].default is not None
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
@@ -63,10 +67,11 @@ def test_flag_choices_are_the_fields_choices(command: str) -> None:
             assert tuple(actions[flag].choices) == tuple(item.metadata["choices"]), flag
 
 
-def test_finetune_help_shows_the_default_learning_rate() -> None:
+def test_finetune_help_states_the_automatic_defaults() -> None:
     text = " ".join(command_parser("finetune").format_help().split())
-    assert "--lr LR peak learning rate (default: 0.0003)" in text
-    assert "--epochs EPOCHS passes over train (default: 3)" in text
+    assert "0.002 for a new encoder, 0.0003 warm started" in text
+    assert "--epochs EPOCHS passes over train (default: 10 for a new encoder, 3 warm" in text
+    assert "--patience PATIENCE stop after this many validation evaluations" in text
 
 
 # One non-default value per flag, as typed on the command line and as a key=value override.
@@ -82,6 +87,8 @@ FLAG_VALUES = {
     "--classifier": "esm",
     "--lora": "r=4",
     "--epochs": "2.5",
+    "--max-steps": "40",
+    "--patience": "3",
     "--lr": "1e-3",
     "--max-tokens": "100",
     "--max-length": "50",

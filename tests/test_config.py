@@ -78,8 +78,8 @@ def test_preset_names_are_honest(name: str) -> None:
     config = ModelConfig.from_preset(name, vocab_size=33)
     with torch.device("meta"):
         count = MaskedLM(config).num_parameters()
-    if name == "tiny":
-        assert count < 20_000
+    if name in ("tiny", "small"):  # named by size class, not by count
+        assert count < {"tiny": 20_000, "small": 150_000}[name]
         return
     claimed = float(name.rsplit("-", 1)[1].rstrip("M")) * 1e6
     assert abs(count - claimed) / claimed < 0.15, count

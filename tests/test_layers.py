@@ -59,6 +59,8 @@ LAYERS: dict[str, str] = {
     "biotransformer.train": "workflows",
     "biotransformer.finetune_data": "workflows",
     "biotransformer.finetune": "workflows",
+    "biotransformer.finetune_defaults": "workflows",
+    "biotransformer.verdict": "workflows",
     "biotransformer.inference": "workflows",
     "biotransformer.streaming": "workflows",
     "biotransformer.variants": "workflows",

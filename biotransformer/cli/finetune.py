@@ -39,6 +39,8 @@ FLAG_GROUPS: dict[str | None, dict[str, str]] = {
     },
     "training": {
         "--epochs": "epochs",
+        "--max-steps": "max_steps",
+        "--patience": "patience",
         "--lr": "training.lr",
         "--max-tokens": "max_tokens",
         "--max-length": "max_length",
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     """Fine-tune (``biotransformer.api``) and print where the results are; 130 when stopped
     by a signal."""
     from biotransformer.api import run_finetune
+    from biotransformer.verdict import verdict_lines
 
     result = run_finetune(build_config(args))
     if result.outcome == "interrupted":
@@ -131,5 +134,7 @@ def run(args: argparse.Namespace) -> int:
         f"{name} {entry['value']:.4f}" for name, entry in result.metrics[split]["metrics"].items()
     )
     print(f"{split}: {summary}")
+    if "verdict" in result.metrics:
+        print("\n".join(verdict_lines(result.metrics["verdict"])))
     print(f"model: {result.model_dir}; metrics: {result.output_dir / 'metrics.json'}")
     return 0

@@ -127,7 +127,12 @@ class TrainingConfig:
     output_dir: str = option(
         "runs/pretrain", help="where the run writes its files", flag={"metavar": "DIR"}
     )
-    lr: float = option(5e-4, help="peak learning rate", domain=positive_float)
+    lr: float | None = option(
+        5e-4,
+        help="peak learning rate (finetune's default: 0.002 for a new encoder, 0.0003 warm "
+        "started)",
+        domain=positive_float,
+    )
     weight_decay: float = 0.01
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
@@ -207,6 +212,8 @@ class RunConfig:
         check_field_types(self, "")
         self.data.validate()
         self.training.validate()
+        if self.training.lr is None:
+            raise ConfigError("training.lr is null: pretraining needs a learning rate")
         try:
             model_length = self.model_config(vocab_size=_PLACEHOLDER_VOCAB, pad_id=0).max_length
         except ConfigError as error:  # a run config's ModelConfig fields are its model.KEY keys
@@ -301,10 +308,13 @@ class FinetuneConfig:
     """Everything one fine-tuning run needs. ``training`` is the shared ``TrainingConfig``;
     its ``max_steps`` is derived from ``epochs`` unless ``max_steps`` is set here, and its
     ``output_dir`` is ``output_dir``. ``model`` holds ModelConfig overrides for a preset.
+    Fields left None (``preset``, ``tokenizer``, ``epochs``, ``warmup_fraction``,
+    ``max_tokens``, ``evals_per_epoch``, ``patience``, ``training.lr``) are decided by
+    ``finetune_defaults`` from the data and the start; a value given is kept.
     The model is evaluated on validation ``evals_per_epoch`` times per epoch (or per run, when
     the run is shorter than an epoch) and at the end; the best by ``select_metric`` is kept
     (default: MCC, R^2 for regression, AUROC with ``tune_threshold``, whose threshold is tuned
-    after selection).
+    after selection); ``patience`` evaluations without a better one stop the run early.
     ``classifier`` (classification, multilabel): ``linear`` or ``esm`` (HF's
     dense-tanh-linear head; with ``pooling='cls'`` the model exports to HuggingFace); None
     keeps a warm-started classifier's own head and gives a new one ``linear``.
@@ -320,8 +330,8 @@ class FinetuneConfig:
     (``training.save_every``, ``training.keep_last``); they are removed when the run ends.
     ``overwrite`` replaces an earlier run in ``output_dir`` (only the files it recorded as
     written; see ``outputs``): without it, a finished run there is refused.
-    The run resolves ``training.max_steps``, ``warmup_steps`` and ``eval_every`` before it
-    starts and writes them, as they ran, to ``config.yaml``."""
+    The run resolves these and ``training.max_steps``, ``warmup_steps`` and ``eval_every``
+    before it starts, prints them and writes them, as they ran, to ``config.yaml``."""
 
     train: str = option(help="labelled training data", flag={"metavar": "FILE"})
     output_dir: str = option(help="output directory", flag={"metavar": "DIR"})
@@ -352,30 +362,40 @@ class FinetuneConfig:
     )
     preset: str | None = option(
         None,
-        help="architecture of a new model (default: dna-t6-8M for DNA, protein-t6-8M for "
-        "protein, detected from the data)",
+        help="architecture of a new model (default: small, 2 layers of width 64)",
     )
     model: dict[str, Any] = option(
         help="ModelConfig fields of a new model", factory=dict, model_keys=()
     )
     tokenizer: str | None = option(
         None,
-        help="tokenizer of a new model: dna, dna-kmer:k=6, protein... (default: dna or protein)",
+        help="tokenizer of a new model: dna, dna-kmer:k=6, protein... (default: by the "
+        "data: protein; DNA 3-mers from a median 200 bp, overlapping 6-mers for 10000+ "
+        "shorter records, else single bases)",
         flag={"metavar": "SPEC"},
     )
     read: ReadOptions = field(default_factory=ReadOptions)
     valid_fraction: float = option(0.1, help="share of train for validation", domain=fraction)
     test_fraction: float = option(0.1, help="share of train for test", domain=fraction)
-    epochs: float = option(3.0, help="passes over train", domain=positive_float)
+    epochs: float | None = option(
+        None,
+        help="passes over train (default: 10 for a new encoder, 3 warm started, within "
+        "1000 to 3000 optimizer steps)",
+        domain=positive_float,
+    )
     max_steps: int | None = option(
         None, help="optimizer steps (default: from epochs)", domain=positive_int
     )
-    warmup_fraction: float = option(
-        0.06, help="share of the steps that warm the learning rate up", domain=fraction
+    warmup_fraction: float | None = option(
+        None,
+        help="share of the steps that warm the learning rate up (default: 0.1 for a new "
+        "encoder, 0.06 warm started)",
+        domain=fraction,
     )
-    max_tokens: int = option(
-        8192,
-        help="padded tokens per batch; batches are filled by length",
+    max_tokens: int | None = option(
+        None,
+        help="padded tokens per batch; batches are filled by length (default: about 32 "
+        "records, fewer for a small set)",
         domain=positive_int,
     )
     max_length: int | None = option(
@@ -421,7 +441,17 @@ class FinetuneConfig:
     select_metric: str | None = option(
         None, help="validation metric that selects the model (default: by task)"
     )
-    evals_per_epoch: int = option(1, help="validation evaluations per epoch", domain=positive_int)
+    evals_per_epoch: int | None = option(
+        None,
+        help="validation evaluations per epoch (default: about 20 per run, at least one per epoch)",
+        domain=positive_int,
+    )
+    patience: int | None = option(
+        None,
+        help="stop after this many validation evaluations without a better score (default "
+        "5; 0: never stop early)",
+        domain=non_negative_int,
+    )
     rc_augment: float = option(
         0.0,
         help="DNA: serve each training sample reverse-complemented with probability P, drawn "
@@ -453,7 +483,7 @@ class FinetuneConfig:
         "there (files you put there are kept); without it an existing output is refused",
     )
     training: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(lr=3e-4, schedule="linear", min_lr_ratio=0.0)
+        default_factory=lambda: TrainingConfig(lr=None, schedule="linear", min_lr_ratio=0.0)
     )
 
     def validate(self) -> None:

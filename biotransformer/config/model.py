@@ -189,6 +189,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_length": 64,
         "position": "rotary",
     },
+    # A new encoder fine-tuned from scratch on a labelled set (finetune_defaults.NEW_PRESET).
+    "small": {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "ffn_size": 256,
+        "max_length": 1024,
+        "position": "rotary",
+        "dropout": 0.1,
+    },
     "dna-t6-8M": _esm2_like(6, 320, 20, 1024),
     "dna-t12-35M": _esm2_like(12, 480, 20, 1024),
     "dna-t30-150M": _esm2_like(30, 640, 20, 1024),
