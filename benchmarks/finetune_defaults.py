@@ -122,7 +122,7 @@ def finetune_run(name: str, files: dict[str, Any], out: Path, seed: int, extra: 
     """``finetune`` on defaults (plus ``extra`` config values in smoke mode); its verdict,
     resolved settings and seconds (wall time of the whole run, baseline included)."""
     from biotransformer.config import FinetuneConfig
-    from biotransformer.finetune import finetune
+    from biotransformer.finetuning import finetune
 
     config = FinetuneConfig(
         train=str(files["train"]),

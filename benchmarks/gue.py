@@ -140,7 +140,7 @@ def finetune_run(
     """One fine-tuning run (``epochs``, or ``max_steps`` when given); returns test and
     validation MCC and AUROC, and seconds. A pretrained model keeps its own tokenizer."""
     from biotransformer.config import FinetuneConfig
-    from biotransformer.finetune import finetune
+    from biotransformer.finetuning import finetune
 
     config = FinetuneConfig(
         train=str(train),

@@ -466,7 +466,7 @@ def finetune(
 
 def run_finetune(config: FinetuneConfig) -> RunResult:
     """Run a resolved fine-tuning config (the command line's entry)."""
-    from biotransformer.finetune import finetune as run
+    from biotransformer.finetuning import finetune as run
 
     result = run(config)
     model_dir = result.model_dir if result.outcome == "finished" else None

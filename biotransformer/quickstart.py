@@ -38,8 +38,8 @@ from biotransformer.atomic import write_json
 from biotransformer.baselines import kmer_baseline_scores
 from biotransformer.config import FinetuneConfig, QuickstartConfig, run_config_from_dict
 from biotransformer.errors import ConfigError
-from biotransformer.finetune import finetune
 from biotransformer.finetune_data import read_labelled
+from biotransformer.finetuning import finetune
 from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord, guess_alphabet
 from biotransformer.metrics import evaluate_predictions

@@ -307,3 +307,18 @@ def test_pretrain_from_sequences_in_memory(tmp_path: Path) -> None:
     assert isinstance(model, bt.MaskedLM) and model.tokenizer.scheme == "dna"
     held_out = result.metrics["valid"]["metrics"]["loss"]["value"]
     assert held_out < np.log(model.config.vocab_size) - 1.0
+
+
+def test_public_names_stay_the_api_after_every_submodule_is_imported() -> None:
+    """Importing ``biotransformer.X`` sets the package attribute ``X`` to that module, so a
+    public name shared with a submodule (``bt.finetune`` and a ``finetune`` module) would
+    turn into the module once anything imported it."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(bt.__path__, prefix="biotransformer."):
+        if not module.name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(module.name)
+    for name in bt.__all__:
+        assert not isinstance(getattr(bt, name), type(bt)), f"bt.{name} is a module"
+    assert callable(bt.finetune) and callable(bt.pretrain) and callable(bt.embed)

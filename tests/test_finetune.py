@@ -10,13 +10,13 @@ import pytest
 
 from biotransformer.config import FinetuneConfig, ReadOptions, apply_overrides, load_config
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.finetune import finetune
 from biotransformer.finetune_data import (
     label_vocabulary,
     loss_weights,
     prepare_splits,
     read_labelled,
 )
+from biotransformer.finetuning import finetune
 from biotransformer.heads import load_model
 from biotransformer.io import SequenceRecord
 

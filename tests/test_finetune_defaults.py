@@ -166,7 +166,7 @@ def test_verdict_of_a_model_better_than_the_baseline_on_a_positional_task():
 def test_a_default_run_prints_and_writes_its_settings_stops_early_and_has_a_verdict(
     tmp_path, capsys
 ):
-    from biotransformer.finetune import finetune
+    from biotransformer.finetuning import finetune
 
     rng = np.random.default_rng(3)
     rows = ["sequence,label"]

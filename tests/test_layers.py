@@ -58,7 +58,7 @@ LAYERS: dict[str, str] = {
     "biotransformer.engine": "workflows",
     "biotransformer.train": "workflows",
     "biotransformer.finetune_data": "workflows",
-    "biotransformer.finetune": "workflows",
+    "biotransformer.finetuning": "workflows",
     "biotransformer.finetune_defaults": "workflows",
     "biotransformer.verdict": "workflows",
     "biotransformer.inference": "workflows",

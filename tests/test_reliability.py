@@ -24,12 +24,12 @@ from helpers import reset_accelerate_state, run_torchrun
 from safetensors.torch import load_file
 from test_train import SUBPROCESS_ENV, cli, model_weights, read_log, run_values, write_fasta
 
-from biotransformer import finetune as finetune_module
+from biotransformer import finetuning as finetune_module
 from biotransformer.checkpointing import latest_checkpoint
 from biotransformer.cli import main
 from biotransformer.config import FinetuneConfig, ReadOptions
 from biotransformer.data.sampler import TokenBudgetBatchSampler
-from biotransformer.finetune import FinetuneResult
+from biotransformer.finetuning import FinetuneResult
 from biotransformer.heads import load_model
 from biotransformer.inference import predict_logits
 

@@ -11,7 +11,7 @@ import torch
 from biotransformer.cli import main
 from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.errors import ConfigError, InputError
-from biotransformer.finetune import finetune
+from biotransformer.finetuning import finetune
 from biotransformer.heads import SequenceClassifier, SequenceRegressor, load_model
 from biotransformer.inference import predict_records
 from biotransformer.io import SequenceRecord

@@ -11,7 +11,7 @@ import torch
 
 from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.errors import ConfigError
-from biotransformer.finetune import finetune
+from biotransformer.finetuning import finetune
 from biotransformer.heads import SequenceClassifier, load_model
 from biotransformer.inference import RecordDataset, predict_records
 from biotransformer.io import SequenceRecord, read_sequences

@@ -142,7 +142,7 @@ def cli(*arguments: str) -> None:
 
 def finetune_api(out: Path, train: Path, task: str, **options) -> Path:
     """``finetune`` through the Python API; the run directory."""
-    from biotransformer.finetune import finetune
+    from biotransformer.finetuning import finetune
 
     reset_accelerate_state()
     read = options.pop("read", {})
