@@ -272,3 +272,45 @@ def test_one_vs_rest_splits_by_problem(rng):
     assert [name for name, _, _ in multiclass] == ["a", "b", "c"]
     assert multiclass[1][1].tolist() == [0, 1, 0] * 3
     assert len(one_vs_rest(rng.integers(0, 2, (10, 4)), rng.random((10, 4)))) == 4
+
+
+@pytest.mark.filterwarnings("ignore:au")  # undefined AUROC/AUPRC of the absent classes
+def test_counted_metrics_equal_sklearn_on_ties_absent_classes_and_empty_labels():
+    """The metrics are counted in numpy (fast enough for a thousand bootstrap resamples): on
+    coarse scores full of ties, classes absent from truth or prediction and labels nobody
+    holds, each equals scikit-learn's function."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n = int(rng.integers(5, 60))
+        y = rng.integers(0, 2, n)
+        y[0], y[1] = 0, 1
+        score = rng.integers(0, 5, n) / 4  # ties at every level
+        result = classification_metrics(y, score)
+        predicted = (score >= 0.5).astype(int)
+        assert result["auroc"] == pytest.approx(skm.roc_auc_score(y, score), abs=1e-12)
+        assert result["auprc"] == pytest.approx(skm.average_precision_score(y, score), abs=1e-12)
+        assert result["f1"] == pytest.approx(skm.f1_score(y, predicted, zero_division=0.0))
+        assert result["mcc"] == pytest.approx(skm.matthews_corrcoef(y, predicted), abs=1e-12)
+
+        labels = rng.integers(0, 4, n)  # class 3 may be absent; predictions use classes 0-2
+        labels[:3] = [0, 1, 2]
+        probabilities = rng.random((n, 4)) * [1, 1, 1, 0]
+        decided = probabilities.argmax(axis=1)
+        multiclass = classification_metrics(
+            labels, probabilities, problem="multiclass", labels=[0, 1, 2, 3]
+        )
+        assert multiclass["f1_macro"] == pytest.approx(
+            skm.f1_score(labels, decided, average="macro", zero_division=0.0)
+        )
+        assert multiclass["accuracy"] == pytest.approx(skm.accuracy_score(labels, decided))
+
+        indicator = rng.integers(0, 2, (n, 3))
+        indicator[:, 2] = 0  # a label nobody holds
+        scores = rng.random((n, 3))
+        decisions = (scores >= 0.5).astype(int)
+        multilabel = classification_metrics(indicator, scores, problem="multilabel")
+        for average in ("macro", "micro"):
+            assert multilabel[f"f1_{average}"] == pytest.approx(
+                skm.f1_score(indicator, decisions, average=average, zero_division=0.0)
+            )
+        assert multilabel["accuracy"] == pytest.approx(skm.accuracy_score(indicator, decisions))
