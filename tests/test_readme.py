@@ -50,7 +50,7 @@ def test_biology_example_mutates_the_tata_box_where_a_promoter_has_it():
     that box (its ref letter is the sequence's) and ``outside-box`` one far from it."""
     from biotransformer.synthetic import SyntheticTask
 
-    block = readme_blocks()["biology"]
+    _, block = readme_blocks()["biology"]
     sequence = re.search(r"printf '>tss\\n([ACGT]+)\\n'", block)[1]
     task = SyntheticTask()
     assert len(sequence) == task.length
