@@ -90,7 +90,7 @@ fasta.write_text("".join(f">s{i} label={i % 2}\\n{'ACGT' * 60}{i:b}\\n".replace(
                          .replace("1", "C") for i in range(64)))
 sys.exit(main([
     "finetune", "--train", str(fasta), "--label-from", "key:label", "--out", sys.argv[2],
-    "--preset", "dna-t6-8M", "--max-tokens", "65536", "--epochs", "1",
+    "--preset", "dna-t6-8M", "--tokenizer", "dna", "--max-tokens", "65536", "--epochs", "1",
 ]))
 """
 
