@@ -34,7 +34,6 @@ import csv
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from biotransformer.environment import machine, versions
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 15 * 60
@@ -213,20 +214,6 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def versions() -> dict:
-    import sklearn
-    import torch
-
-    from biotransformer import __version__
-
-    return {
-        "biotransformer": __version__,
-        "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny generated sets, seconds")
@@ -256,14 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "mode": "smoke" if args.smoke else "full",
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine(),
             "torch_threads": 1,
             "jobs": args.jobs,
             "load_average_1_5_15min_at_start": load_before,
         },
-        "versions": versions(),
+        "versions": versions("torch", "scikit-learn"),
         "goal": f"model mean beats the baseline by > {GOAL_SDS} sd of the model over seeds; "
         f"each run under {GOAL_SECONDS} s",
         "settings": {"seeds": args.seeds, "datasets": args.datasets, "config_extra": extra},

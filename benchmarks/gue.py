@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from biotransformer.baselines import kmer_baseline, kmer_baseline_metrics
+from biotransformer.environment import machine, versions
 
 REPO = Path(__file__).resolve().parents[1]
 DNABERT2_MCC = {"prom_300_tata": 0.7159, "tf_0": 0.7199}
@@ -489,20 +489,6 @@ def run_everything(
     return results, peptide_result, note
 
 
-def versions() -> dict:
-    import sklearn
-    import torch
-
-    from biotransformer import __version__
-
-    return {
-        "biotransformer": __version__,
-        "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny subsets, seconds")
@@ -537,14 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
+            **machine(),  # its load average is the one at the end
             "torch_threads": torch_threads,
             "load_average_1_5_15min_at_start": load_before,
-            "load_average_1_5_15min_at_end": os.getloadavg(),
         },
-        "versions": versions(),
+        "versions": versions("torch", "scikit-learn"),
         "mode": "smoke" if args.smoke else "full",
         "settings": {
             **settings,
