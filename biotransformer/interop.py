@@ -630,41 +630,36 @@ def config_to_hf(model: BioTransformerModel) -> Any:
         }
     family = "Esmc" if is_esmc(config) else "Esm"
     extra["architectures"] = [f"{family}{HEAD_SUFFIXES[type(model)]}"]
+    shared = {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.ffn_size,
+        "initializer_range": config.initializer_range,
+        "pad_token_id": config.pad_id,
+        "mask_token_id": config.mask_id,
+        **extra,
+    }
     if is_esmc(config):
         return transformers.EsmcConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads,
-            intermediate_size=config.ffn_size,
             attention_dropout=config.attention_dropout,
             max_position_embeddings=config.max_length,
             rope_parameters={"rope_type": "default", "rope_theta": config.rotary_base},
-            initializer_range=config.initializer_range,
-            pad_token_id=config.pad_id,
-            mask_token_id=config.mask_id,
             tie_word_embeddings=False,
-            **extra,
+            **shared,
         )
     return transformers.EsmConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        intermediate_size=config.ffn_size,
         hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.attention_dropout,
         max_position_embeddings=config.max_length + (config.pad_id + 1 if learned else 0),
         position_embedding_type="absolute" if learned else "rotary",
         rope_theta=config.rotary_base,
         layer_norm_eps=config.layer_norm_eps,
-        initializer_range=config.initializer_range,
-        pad_token_id=config.pad_id,
-        mask_token_id=config.mask_id,
         token_dropout=config.token_dropout,
         emb_layer_norm_before=config.embedding_layer_norm,
         tie_word_embeddings=config.tie_embeddings,
-        **extra,
+        **shared,
     )
 
 
