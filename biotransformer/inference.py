@@ -34,7 +34,6 @@ from biotransformer.data.collator import MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
 from biotransformer.io import SequenceRecord
-from biotransformer.metrics import evaluate_predictions
 from biotransformer.strands import average_strands, require_dna, reverse_complement_record
 from biotransformer.streaming import EmbeddingsStream, TableStream
 from biotransformer.tasks import TaskInfo, format_number
@@ -560,6 +559,8 @@ def metrics_from_scores(
 ) -> dict[str, Any]:
     """``evaluate_predictions`` with the task's threshold (the bootstrap's progress shown on
     a terminal); regression scores are values."""
+    from biotransformer.metrics import evaluate_predictions  # scipy, sklearn: ~1.8 s to import
+
     settings = {"bootstrap": bootstrap, "seed": seed, "progress": BOOTSTRAP_PROGRESS}
     if task.problem == "regression":
         result = evaluate_predictions(task.problem, truth, scores[:, 0], **settings)
@@ -583,6 +584,8 @@ def _evaluate_tokens(
     windows: WindowOptions | None,
 ) -> tuple[dict[str, Any], Predictions]:
     """Token metrics; records cut into windows are scored per base."""
+    from biotransformer.metrics import evaluate_predictions  # scipy, sklearn: ~1.8 s to import
+
     predictions = predict_records(
         model, records, task, max_tokens=max_tokens, accelerator=accelerator, windows=windows
     )

@@ -25,27 +25,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule
 
 from biotransformer.errors import ConfigError
 
-# Gathered to the main process, in CPU memory; loaded from a full state on every process.
-GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
-SCATTER = StateDictOptions(full_state_dict=True, strict=False)
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 
 def fsdp_requested() -> bool:
@@ -81,8 +72,22 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def _options(*, gather: bool = False, scatter: bool = False) -> StateDictOptions:
+    """Full state dicts: gathered to the main process in CPU memory (``gather``), or loaded
+    from a full state on every process, tied weights not required (``scatter``).
+
+    ``torch.distributed.checkpoint`` (and ``torch.distributed.fsdp``) are imported where a
+    sharded model needs them, not with this module: they take over a second to import, and
+    every command that runs a model imports this module."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=gather, strict=not scatter)
+
+
 def plain_class(module: nn.Module) -> type[nn.Module]:
     """The model's own class (FSDP2 makes a sharded module an instance of a subclass)."""
+    from torch.distributed.fsdp import FSDPModule
+
     return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
 
 
@@ -103,14 +108,18 @@ def check_rebuildable(model: nn.Module) -> None:
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every process calls this; the main process gets the full weights (CPU), others {}."""
-    return get_model_state_dict(model, options=GATHER)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(gather=True))
 
 
 def load_full_model_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     """Load full weights (the same on every process) into the sharded model; returns the
     names of the model's weights the state does not hold (tied ones are not saved twice).
     Every process calls this."""
-    result = set_model_state_dict(model, dict(state), options=SCATTER)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    result = set_model_state_dict(model, dict(state), options=_options(scatter=True))
     if result.unexpected_keys:
         raise ValueError(f"unknown weights {sorted(result.unexpected_keys)[:3]}")
     # Measured (torch 2.13, 2 gloo ranks): without one state_dict() call after loading (its
@@ -131,7 +140,9 @@ def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's full state as an ordinary ``state_dict`` (parameters by index) on the
     main process, {} on the others. Every process calls this."""
-    gathered = get_optimizer_state_dict(model, _unwrapped(optimizer), options=GATHER)
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    gathered = get_optimizer_state_dict(model, _unwrapped(optimizer), options=_options(gather=True))
     if not gathered:
         return {}
     index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
@@ -147,6 +158,8 @@ def load_full_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
 ) -> None:
     """The inverse of ``full_optimizer_state``: every process passes the same full state."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
     names = parameter_names(model, optimizer)
     groups = [
         {**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]
@@ -156,14 +169,16 @@ def load_full_optimizer_state(
         model,
         _unwrapped(optimizer),
         {"state": by_name, "param_groups": groups},
-        options=StateDictOptions(full_state_dict=True),
+        options=_options(),
     )
 
 
 def replica(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     """A plain, unsharded copy of the sharded ``model`` on every process (same weights, same
     mode, its tokenizer attached), on the accelerator's device. Every process calls this."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_options())
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the stream
         copy = plain_class(model)(model.config, model.head_config)
     missing, unexpected = copy.load_state_dict(state, strict=False)
