@@ -67,11 +67,19 @@ class WindowPlan:
     def windows_per_record(self) -> np.ndarray:
         return np.bincount(self.owner, minlength=len(self.lengths))
 
+    def window_ranges(self) -> list[range]:
+        """Per record: the indices of its windows (consecutive, in order of ``start``)."""
+        counts = self.windows_per_record().tolist()
+        ends = np.cumsum(counts).tolist()
+        return [range(end - count, end) for end, count in zip(ends, counts, strict=True)]
+
     def aggregate(self, values: Sequence[np.ndarray], how: str) -> list[np.ndarray]:
         """Per record: the element-wise mean or max of its windows' ``values``."""
+        if not self.cut:
+            return list(values)
         out = []
-        for index in range(len(self.lengths)):
-            rows = np.stack([values[i] for i in np.flatnonzero(self.owner == index)])
+        for windows in self.window_ranges():
+            rows = np.stack([values[i] for i in windows])
             out.append(rows.mean(axis=0) if how == "mean" else rows.max(axis=0))
         return out
 
@@ -79,8 +87,7 @@ class WindowPlan:
         """Per record: (length, ...) values from its windows' per-base ``(window length, ...)``
         values, overlaps split at their midpoint."""
         out = []
-        for index, length in enumerate(self.lengths):
-            windows = np.flatnonzero(self.owner == index)
+        for windows, length in zip(self.window_ranges(), self.lengths, strict=True):
             first = per_base[windows[0]]
             result = np.full((length, *first.shape[1:]), np.nan, dtype=np.float64)
             for n, window in enumerate(windows):
