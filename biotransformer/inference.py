@@ -38,6 +38,7 @@ from biotransformer.strands import average_strands, require_dna, reverse_complem
 from biotransformer.streaming import EmbeddingsStream, TableStream
 from biotransformer.tasks import TaskInfo, format_number
 from biotransformer.windows import (
+    RunningAggregate,
     WindowOptions,
     WindowPlan,
     encode_records,
@@ -323,18 +324,25 @@ def _predict_chunk(
     windows: WindowOptions,
     rc_average: bool,
 ) -> Predictions:
-    """Predictions for one chunk of records."""
+    """Predictions for one chunk of records; sequence-level scores are run ``CHUNK_LETTERS``
+    letters of windows at a time and averaged (or maxed) over each record's windows as they
+    come, so a chromosome costs one group of windows."""
     if rc_average:
         records = records + [reverse_complement_record(record) for record in records]
     plan = plan_windows(records, model.tokenizer, model.config.max_length, windows)
-    dataset = RecordDataset(plan.records, model.tokenizer, max_length=model.config.max_length)
-    logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
     counts = plan.windows_per_record()
     if task.spec.per_token:
+        dataset = RecordDataset(plan.records, model.tokenizer, max_length=model.config.max_length)
+        logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
         return _token_predictions(model, task, records, plan, dataset, logits, counts)
-    scores = task.probabilities(np.stack(logits))
-    if plan.cut:
-        scores = np.stack(plan.aggregate(list(scores), windows.aggregate))
+    running = RunningAggregate(windows.aggregate, len(records))
+    for group in plan.groups(CHUNK_LETTERS):
+        dataset = RecordDataset(
+            plan.window_records(group), model.tokenizer, max_length=model.config.max_length
+        )
+        logits = predict_logits(model, dataset, max_tokens=max_tokens, accelerator=accelerator)
+        running.add(plan.owner[group], task.probabilities(np.stack(logits)))
+    scores = running.result()
     if rc_average:
         half = len(records) // 2
         scores = average_strands(scores[:half], scores[half:])
@@ -790,10 +798,10 @@ def _embed_chunk(
     accelerator: Accelerator | None,
     windows: WindowOptions,
 ) -> Embeddings:
-    """Embeddings of one chunk of records."""
+    """Embeddings of one chunk of records, its windows run ``CHUNK_LETTERS`` letters at a
+    time (a chromosome's pooled embedding costs one group of windows, not the chromosome)."""
     tokenizer = model.tokenizer
     plan = plan_windows(records, tokenizer, model.config.max_length, windows)
-    dataset = RecordDataset(plan.records, tokenizer, max_length=model.config.max_length)
     special = torch.tensor(sorted(tokenizer.special_ids))
 
     def step(network: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[tuple]:
@@ -804,43 +812,52 @@ def _embed_chunk(
         keep = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
         weights = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, L*D)
-        lengths = attention_mask.sum(dim=1).tolist()
         pooled_rows = _numpy(pooled)
+        if not per_token:
+            return list(pooled_rows)
+        lengths = attention_mask.sum(dim=1).tolist()
         keep_rows = keep.cpu().numpy()
-        hidden_rows = _numpy(hidden) if per_token else None
+        hidden_rows = _numpy(hidden)
         return [
-            (
-                pooled_rows[row],
-                None if hidden_rows is None else hidden_rows[row][:length],
-                keep_rows[row][:length],
-            )
+            (pooled_rows[row], hidden_rows[row][:length], keep_rows[row][:length])
             for row, length in enumerate(lengths)
         ]
 
-    results = map_batches(model, dataset, step, max_tokens=max_tokens, accelerator=accelerator)
-    pooled = np.stack(plan.aggregate([row[0] for row in results], windows.aggregate))
     counts = plan.windows_per_record()
-    embeddings = Embeddings([record.id for record in records], chosen, pooled.astype(np.float32))
+    cut = counts[plan.owner] > 1  # per window: whether its record was cut
+    pooled = RunningAggregate(windows.aggregate, len(records))
+    token_rows: list[np.ndarray] = []  # per window: per token, or per base when it was cut
+    for group in plan.groups(CHUNK_LETTERS):
+        pieces = plan.window_records(group)
+        dataset = RecordDataset(pieces, tokenizer, max_length=model.config.max_length)
+        results = map_batches(model, dataset, step, max_tokens=max_tokens, accelerator=accelerator)
+        if per_token:
+            token_rows += [
+                _tokens_on_bases(tokenizer, hidden, piece) if cut[window] else hidden[keep]
+                for window, (_, hidden, keep), piece in zip(group, results, pieces, strict=True)
+            ]
+            results = [row for row, _, _ in results]
+        pooled.add(plan.owner[group], np.stack(results))
+    pooled_rows = pooled.result().astype(np.float32)
+    embeddings = Embeddings([record.id for record in records], chosen, pooled_rows)
     embeddings.windows = counts
     if per_token:
-        per_base = [
-            tokens_to_bases(row[1], tokenizer.offsets(piece.sequence), len(piece.sequence))
-            for row, piece in zip(results, plan.records, strict=True)
-            if plan.cut
-        ]
-        stitched = plan.stitch(per_base) if plan.cut else []
-        first = np.searchsorted(plan.owner, np.arange(len(records)))
         pieces = [
-            (stitched[i] if counts[i] > 1 else results[first[i]][1][results[first[i]][2]]).astype(
-                np.float32
-            )
-            for i in range(len(records))
+            (
+                plan.stitch_record(owned, token_rows) if len(owned) > 1 else token_rows[owned[0]]
+            ).astype(np.float32)
+            for owned in plan.window_ranges()
         ]
         embeddings.tokens = np.concatenate(pieces)
         embeddings.offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(
             np.int64
         )
     return embeddings
+
+
+def _tokens_on_bases(tokenizer: Tokenizer, values: np.ndarray, piece: SequenceRecord) -> np.ndarray:
+    """A window's per-token values (special tokens included) put on its bases."""
+    return tokens_to_bases(values, tokenizer.offsets(piece.sequence), len(piece.sequence))
 
 
 def append_embeddings(stream: EmbeddingsStream, embeddings: Embeddings) -> None:

@@ -586,6 +586,17 @@ class Tokenizer:
         """Number of token ids."""
         return len(self.tokens)
 
+    @property
+    def max_token_letters(self) -> int:
+        """The most letters one token covers: a sequence of n letters has at least
+        n / max_token_letters tokens (short of k-mer tails dropped or a protein's stop)."""
+        if self.scheme == "dna-kmer":
+            return self.k
+        if self.scheme == "dna-bpe":
+            specials = set(DNA_SPECIALS)
+            return max(len(token) for token in self.tokens if token not in specials)
+        return 1
+
     # --- letters
 
     def _lookup(self, seqs: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

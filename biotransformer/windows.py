@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from biotransformer.tokenizers import Tokenizer
 
 AGGREGATES = ("mean", "max")
+#: Windows of a long record tokenized together while it is cut.
+COUNT_WINDOWS = 1024
 
 
 @dataclass(frozen=True)
@@ -50,22 +52,62 @@ class WindowOptions:
 
 @dataclass
 class WindowPlan:
-    """Window records (ids ``ID[start-end]``, 0-based half-open) with, per window, the index
-    of its record (``owner``) and its ``start``/``end`` in that record's sequence."""
+    """The windows of some ``sources`` records: per window, the index of its record
+    (``owner``, non-decreasing) and its ``start``/``end`` in that record's sequence. A window
+    record (id ``ID[start-end]``, 0-based half-open; the record itself when it is not cut) is
+    built only when asked for (``window_records``), so a long record's windows cost their
+    coordinates until they are run."""
 
-    records: list[SequenceRecord]
+    sources: list[SequenceRecord]
     owner: np.ndarray
     start: np.ndarray
     end: np.ndarray
-    lengths: list[int]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(record.sequence) for record in self.sources]
 
     @property
     def cut(self) -> bool:
         """Whether any record was cut."""
-        return len(self.records) != len(self.lengths)
+        return len(self.owner) != len(self.sources)
+
+    @property
+    def records(self) -> list[SequenceRecord]:
+        """Every window record, in order."""
+        return self.window_records(range(len(self.owner)))
+
+    def window_records(self, windows: range) -> list[SequenceRecord]:
+        """The window records of ``windows`` (indices into the plan)."""
+        counts = self.windows_per_record()
+        result = []
+        for window in windows:
+            owner = int(self.owner[window])
+            record = self.sources[owner]
+            if counts[owner] == 1:
+                result.append(record)
+            else:
+                result.append(
+                    _window_record(record, int(self.start[window]), int(self.end[window]))
+                )
+        return result
+
+    def groups(self, max_letters: int) -> list[range]:
+        """Consecutive runs of windows of at most ``max_letters`` letters in all (a window
+        longer than that alone): the unit a long record's windows are run in."""
+        letters = (self.end - self.start).tolist()
+        result, first, total = [], 0, 0
+        for window, size in enumerate(letters):
+            if total and total + size > max_letters:
+                result.append(range(first, window))
+                first, total = window, 0
+            total += size
+        if letters:
+            result.append(range(first, len(letters)))
+        return result
 
     def windows_per_record(self) -> np.ndarray:
-        return np.bincount(self.owner, minlength=len(self.lengths))
+        return np.bincount(self.owner, minlength=len(self.sources))
 
     def window_ranges(self) -> list[range]:
         """Per record: the indices of its windows (consecutive, in order of ``start``)."""
@@ -77,28 +119,65 @@ class WindowPlan:
         """Per record: the element-wise mean or max of its windows' ``values``."""
         if not self.cut:
             return list(values)
-        out = []
-        for windows in self.window_ranges():
-            rows = np.stack([values[i] for i in windows])
-            out.append(rows.mean(axis=0) if how == "mean" else rows.max(axis=0))
-        return out
+        running = RunningAggregate(how, len(self.sources))
+        running.add(self.owner, np.stack(values))
+        return list(running.result())
 
     def stitch(self, per_base: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per record: (length, ...) values from its windows' per-base ``(window length, ...)``
         values, overlaps split at their midpoint."""
-        out = []
-        for windows, length in zip(self.window_ranges(), self.lengths, strict=True):
-            first = per_base[windows[0]]
-            result = np.full((length, *first.shape[1:]), np.nan, dtype=np.float64)
-            for n, window in enumerate(windows):
-                start, end = int(self.start[window]), int(self.end[window])
-                left = start if n == 0 else (start + int(self.end[windows[n - 1]])) // 2
-                right = end
-                if n + 1 < len(windows):
-                    right = (int(self.start[windows[n + 1]]) + end) // 2
-                result[left:right] = per_base[window][left - start : right - start]
-            out.append(result)
-        return out
+        return [self.stitch_record(windows, per_base) for windows in self.window_ranges()]
+
+    def stitch_record(self, windows: range, per_base: Sequence[np.ndarray]) -> np.ndarray:
+        """``stitch`` of the record whose windows are ``windows`` (``per_base`` indexed by
+        window)."""
+        length = len(self.sources[int(self.owner[windows[0]])].sequence)
+        first = per_base[windows[0]]
+        result = np.full((length, *first.shape[1:]), np.nan)
+        for n, window in enumerate(windows):
+            start, end = int(self.start[window]), int(self.end[window])
+            left = start if n == 0 else (start + int(self.end[windows[n - 1]])) // 2
+            right = end
+            if n + 1 < len(windows):
+                right = (int(self.start[windows[n + 1]]) + end) // 2
+            result[left:right] = per_base[window][left - start : right - start]
+        return result
+
+
+class RunningAggregate:
+    """The element-wise mean or max per record of window values added in any number of
+    steps (summed in float64): a long record's windows need not be held at once."""
+
+    def __init__(self, how: str, records: int) -> None:
+        if how not in AGGREGATES:
+            raise ConfigError(f"window aggregate {how!r} is not one of {AGGREGATES}")
+        self.how = how
+        self.records = records
+        self.counts = np.zeros(records, np.int64)
+        self.values: np.ndarray | None = None
+        self.dtype: np.dtype = np.dtype(np.float64)
+
+    def add(self, owners: np.ndarray, values: np.ndarray) -> None:
+        """Fold in ``values`` (n, ...) of windows whose records are ``owners`` (n,)."""
+        if self.values is None:
+            fill = 0.0 if self.how == "mean" else -np.inf
+            self.values = np.full((self.records, *values.shape[1:]), fill, np.float64)
+            self.dtype = values.dtype
+        if self.how == "mean":
+            np.add.at(self.values, owners, values)
+        else:
+            np.maximum.at(self.values, owners, values)
+        self.counts += np.bincount(owners, minlength=self.records)
+
+    def result(self) -> np.ndarray:
+        """Per record: the mean or max of its windows' values, in the values' dtype (a record
+        of one window gets its window's values exactly)."""
+        if self.values is None or not self.counts.all():
+            raise ValueError("a record has no window values")
+        if self.how == "max":
+            return self.values.astype(self.dtype)
+        shape = (-1, *([1] * (self.values.ndim - 1)))
+        return (self.values / self.counts.reshape(shape)).astype(self.dtype)
 
 
 def encode_records(
@@ -160,10 +239,32 @@ def cut_sequence(
             )
         starts = window_starts(len(sequence), size, gap)
         spans = [(start, start + size) for start in starts]
-        longest = int(token_counts(tokenizer, [sequence[a:b] for a, b in spans]).max())
+        longest = _most_tokens(tokenizer, sequence, spans)
         if longest <= max_length:
             return spans
         size = max(room, min(size - 1, size * room // (longest - (max_length - room))))
+
+
+def _most_tokens(tokenizer: Tokenizer, sequence: str, spans: Sequence[tuple[int, int]]) -> int:
+    """The most tokens of any window, counted ``COUNT_WINDOWS`` windows at a time (memory set
+    by those, not by the sequence); a letter the tokenizer refuses is reported at its place in
+    the whole sequence."""
+    longest = 0
+    for first in range(0, len(spans), COUNT_WINDOWS):
+        batch = spans[first : first + COUNT_WINDOWS]
+        try:
+            counts = token_counts(tokenizer, [sequence[a:b] for a, b in batch])
+        except InputError as error:
+            if error.position is None:
+                raise
+            start = batch[getattr(error, "batch_row", 0)][0]
+            raise InputError(
+                error.problem.split(" (sequence ")[0],
+                position=start + error.position,
+                fix=error.fix,
+            ) from None
+        longest = max(longest, int(counts.max()))
+    return longest
 
 
 def plan_windows(
@@ -172,32 +273,43 @@ def plan_windows(
     max_length: int,
     options: WindowOptions | None = None,
 ) -> WindowPlan:
-    """Windows for every record: the record itself when it fits, else its cut windows."""
+    """Windows for every record: the record itself when it fits, else its cut windows.
+
+    Only a record short enough that it could fit (``max_token_letters`` letters a token) is
+    tokenized whole; a longer one is cut straight away, its windows tokenized a batch at a
+    time, so planning a chromosome costs its window coordinates, not its tokens."""
     options = options or WindowOptions()
-    counts = (
-        encode_records(tokenizer, records, max_length=sys.maxsize)["attention_mask"].sum(axis=1)
-        if records
-        else np.zeros(0, np.int64)
-    )
-    window_records, owner, start, end = [], [], [], []
-    for index, (record, count) in enumerate(zip(records, counts.tolist(), strict=True)):
+    records = list(records)
+    could_fit = max_length * tokenizer.max_token_letters + 1  # + 1: a stripped protein stop
+    short = [i for i, record in enumerate(records) if len(record.sequence) <= could_fit]
+    fits = np.zeros(len(records), bool)
+    if short:
+        encoded = encode_records(tokenizer, [records[i] for i in short], max_length=sys.maxsize)
+        fits[short] = encoded["attention_mask"].sum(axis=1) <= max_length
+    owner, start, end = [], [], []
+    for index, record in enumerate(records):
         length = len(record.sequence)
-        if count <= max_length:
+        if fits[index]:
             spans = [(0, length)]
         else:
-            spans = cut_sequence(tokenizer, record.sequence, max_length, options.overlap)
-        for a, b in spans:
-            piece = record if len(spans) == 1 else _window_record(record, a, b)
-            window_records.append(piece)
-            owner.append(index)
-            start.append(a)
-            end.append(b)
+            try:
+                spans = cut_sequence(tokenizer, record.sequence, max_length, options.overlap)
+            except InputError as error:
+                raise InputError(
+                    error.problem,
+                    record=record.id,
+                    line=record.line,
+                    position=error.position,
+                    fix=error.fix,
+                ) from None
+        owner += [index] * len(spans)
+        start += [a for a, _ in spans]
+        end += [b for _, b in spans]
     return WindowPlan(
-        window_records,
+        records,
         np.asarray(owner, np.int64),
         np.asarray(start, np.int64),
         np.asarray(end, np.int64),
-        [len(record.sequence) for record in records],
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from biotransformer.config import ModelConfig
-from biotransformer.errors import ConfigError
+from biotransformer.errors import ConfigError, InputError
 from biotransformer.heads import MaskedLM, SequenceClassifier, TokenClassifier
 from biotransformer.inference import (
     embed_records,
@@ -187,3 +187,76 @@ def test_learned_positions_long_input_never_crashes_or_truncates(tmp_path):
     write_embeddings_h5(embeddings, tmp_path / "e.h5", attributes={})
     with h5py.File(tmp_path / "e.h5") as handle:
         assert handle["windows"][0] > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A long record streams through its windows
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_record_cut_more_ways_than_a_group_holds_gives_the_one_group_results(monkeypatch):
+    """Windows run a group at a time (``CHUNK_LETTERS``) aggregate and stitch to what one
+    group of all windows gives: the running mean and max carry across groups."""
+    import biotransformer.inference as inference
+
+    tokenizer = Tokenizer.from_spec("dna")
+    records = [
+        SequenceRecord("short", random_dna(40, seed=1)),
+        SequenceRecord("long", random_dna(3000, seed=2)),
+        SequenceRecord("tail", random_dna(70, seed=3)),
+    ]
+    classifier = alibi_model(SequenceClassifier, tokenizer, num_labels=3, pooling="mean")
+    classifier.config.max_length = 130
+    lm = alibi_model(MaskedLM, tokenizer)
+    lm.config.max_length = 130
+
+    def run() -> tuple:
+        mean = predict_records(classifier, records, classifier.task)
+        largest = predict_records(
+            classifier, records, classifier.task, windows=WindowOptions(aggregate="max")
+        )
+        embedded = embed_records(lm, records, per_token=True)
+        return mean, largest, embedded
+
+    whole = run()
+    monkeypatch.setattr(inference, "CHUNK_LETTERS", 500)  # the long record: 6+ groups
+    grouped = run()
+    assert whole[0].windows.tolist() == [1, 31, 1]
+    for one, many in zip(whole[:2], grouped[:2], strict=True):
+        np.testing.assert_allclose(many.scores, one.scores, atol=1e-6)
+        assert many.predicted == one.predicted
+    np.testing.assert_allclose(grouped[2].pooled, whole[2].pooled, atol=1e-6)
+    np.testing.assert_array_equal(grouped[2].offsets, whole[2].offsets)
+    np.testing.assert_allclose(grouped[2].tokens, whole[2].tokens, atol=1e-6)
+    assert whole[2].offsets[2] - whole[2].offsets[1] == 3000  # per base of the long record
+
+
+def test_planning_a_long_record_never_tokenizes_it_whole(monkeypatch):
+    """A record far longer than the model's window is cut without tokenizing all of it at
+    once: no tokenizer call sees more than one batch of windows."""
+    tokenizer = Tokenizer.from_spec("dna-kmer:k=3,stride=3")
+    seen: list[int] = []
+    encode = tokenizer.encode_batch
+
+    def counting(sequences, **options):
+        seen.append(sum(map(len, sequences)))
+        return encode(sequences, **options)
+
+    monkeypatch.setattr(tokenizer, "encode_batch", counting)
+    record = SequenceRecord("chr", random_dna(400_000))
+    plan = plan_windows([record, SequenceRecord("short", "ACGTACGTAC")], tokenizer, 66)
+    assert plan.windows_per_record().tolist()[1] == 1
+    windows = int(plan.windows_per_record()[0])
+    assert windows > 2 * 1024  # more windows than one tokenizer batch holds
+    assert max(seen) < 1024 * 200  # at most a batch of 1,024 windows of <= 192 letters
+    assert plan.start[0] == 0 and plan.end[windows - 1] == 400_000
+
+
+def test_a_bad_letter_deep_in_a_long_record_is_reported_at_its_place():
+    tokenizer = Tokenizer.from_spec("dna:ambiguous=error")
+    sequence = random_dna(5000)
+    record = SequenceRecord("chr7", sequence[:4321] + "N" + sequence[4322:], line=12)
+    with pytest.raises(InputError) as caught:
+        plan_windows([record], tokenizer, 100)
+    assert caught.value.record == "chr7" and caught.value.line == 12
+    assert caught.value.position == 4322  # 1-based, in the whole record
