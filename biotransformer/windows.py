@@ -17,6 +17,7 @@ from an edge, and bases outside overlaps are exactly their window's outputs.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -93,18 +94,14 @@ class WindowPlan:
         return result
 
     def groups(self, max_letters: int) -> list[range]:
-        """Consecutive runs of windows of at most ``max_letters`` letters in all (a window
-        longer than that alone): the unit a long record's windows are run in."""
-        letters = (self.end - self.start).tolist()
-        result, first, total = [], 0, 0
-        for window, size in enumerate(letters):
-            if total and total + size > max_letters:
-                result.append(range(first, window))
-                first, total = window, 0
-            total += size
-        if letters:
-            result.append(range(first, len(letters)))
-        return result
+        """Consecutive runs of windows, a new one begun where the letters so far pass a
+        multiple of ``max_letters`` (so each holds at most ``max_letters`` letters and one
+        window): the unit a long record's windows are run in."""
+        if not len(self.owner):
+            return []
+        bins = (np.cumsum(self.end - self.start) - 1) // max_letters
+        cuts = [0, *(np.flatnonzero(np.diff(bins)) + 1).tolist(), len(bins)]
+        return [range(a, b) for a, b in itertools.pairwise(cuts)]
 
     def windows_per_record(self) -> np.ndarray:
         return np.bincount(self.owner, minlength=len(self.sources))
@@ -216,19 +213,18 @@ def first_window_size(tokenizer: Tokenizer, max_length: int) -> int:
     return room
 
 
-def window_starts(length: int, size: int, overlap: int) -> list[int]:
+def window_starts(length: int, size: int, overlap: int) -> np.ndarray:
     """Starts of windows of ``size`` letters, ``size - overlap`` apart, the last one ending at
     ``length``."""
     if length <= size:
-        return [0]
-    step = size - overlap
-    return [*range(0, length - size, step), length - size]
+        return np.zeros(1, np.int64)
+    return np.append(np.arange(0, length - size, size - overlap, dtype=np.int64), length - size)
 
 
 def cut_sequence(
     tokenizer: Tokenizer, sequence: str, max_length: int, overlap: int | None
-) -> list[tuple[int, int]]:
-    """``[start, end)`` windows of one sequence whose tokens fit in ``max_length``."""
+) -> np.ndarray:
+    """``[start, end)`` windows (n, 2) of one sequence whose tokens fit in ``max_length``."""
     room = max_length - int(tokenizer.add_cls) - int(tokenizer.add_eos)
     size = min(first_window_size(tokenizer, max_length), len(sequence))
     while True:
@@ -238,20 +234,20 @@ def cut_sequence(
                 f"window overlap = {gap} letters is not smaller than the window ({size} letters)",
             )
         starts = window_starts(len(sequence), size, gap)
-        spans = [(start, start + size) for start in starts]
+        spans = np.stack([starts, starts + size], axis=1)
         longest = _most_tokens(tokenizer, sequence, spans)
         if longest <= max_length:
             return spans
         size = max(room, min(size - 1, size * room // (longest - (max_length - room))))
 
 
-def _most_tokens(tokenizer: Tokenizer, sequence: str, spans: Sequence[tuple[int, int]]) -> int:
+def _most_tokens(tokenizer: Tokenizer, sequence: str, spans: np.ndarray) -> int:
     """The most tokens of any window, counted ``COUNT_WINDOWS`` windows at a time (memory set
     by those, not by the sequence); a letter the tokenizer refuses is reported at its place in
     the whole sequence."""
     longest = 0
     for first in range(0, len(spans), COUNT_WINDOWS):
-        batch = spans[first : first + COUNT_WINDOWS]
+        batch = spans[first : first + COUNT_WINDOWS].tolist()
         try:
             counts = token_counts(tokenizer, [sequence[a:b] for a, b in batch])
         except InputError as error:
@@ -286,11 +282,10 @@ def plan_windows(
     if short:
         encoded = encode_records(tokenizer, [records[i] for i in short], max_length=sys.maxsize)
         fits[short] = encoded["attention_mask"].sum(axis=1) <= max_length
-    owner, start, end = [], [], []
+    owner, spans_of = [], []
     for index, record in enumerate(records):
-        length = len(record.sequence)
         if fits[index]:
-            spans = [(0, length)]
+            spans = np.array([[0, len(record.sequence)]], np.int64)
         else:
             try:
                 spans = cut_sequence(tokenizer, record.sequence, max_length, options.overlap)
@@ -302,15 +297,12 @@ def plan_windows(
                     position=error.position,
                     fix=error.fix,
                 ) from None
-        owner += [index] * len(spans)
-        start += [a for a, _ in spans]
-        end += [b for _, b in spans]
-    return WindowPlan(
-        records,
-        np.asarray(owner, np.int64),
-        np.asarray(start, np.int64),
-        np.asarray(end, np.int64),
-    )
+        owner.append(np.full(len(spans), index, np.int64))
+        spans_of.append(spans)
+    if not records:
+        return WindowPlan([], *(np.zeros(0, np.int64),) * 3)
+    spans = np.concatenate(spans_of)
+    return WindowPlan(records, np.concatenate(owner), spans[:, 0].copy(), spans[:, 1].copy())
 
 
 def _window_record(record: SequenceRecord, start: int, end: int) -> SequenceRecord:
