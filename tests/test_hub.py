@@ -209,6 +209,9 @@ def test_embed_by_hub_name(offline, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "e.h5")]) == 0
     with h5py.File(tmp_path / "e.h5") as handle:
         got = handle["embeddings"][:]
+        source = json.loads(handle.attrs["model_source"])
+    assert source["repo_id"] == "test-org/tiny-esm" and source["revision"] == "v1"
+    assert len(source["commit"]) == 40  # the snapshot read, not only the name typed
     hf = tiny_esm(1)
     with torch.no_grad():
         expected = [

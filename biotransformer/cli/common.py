@@ -157,6 +157,7 @@ def stream_fingerprint(
 
     return {
         "model": file_fingerprint(args.model),
+        "model_commit": (getattr(model, "source", None) or {}).get("commit"),  # a Hub name's
         **{name: file_fingerprint(path) for name, path in files.items()},
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chunk_records": args.chunk_records,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from biotransformer.cli.common import (
     add_column_options,
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         attributes={
             "layers": np.asarray(layers, dtype=np.int64),
             "model": str(args.model),
+            "model_source": json.dumps(getattr(model, "source", None)),
             "tokenizer": model.tokenizer.spec,
         },
         resume=args.resume,

@@ -167,7 +167,13 @@ def evaluate(args: argparse.Namespace, report_dir: Path | None) -> int:
         raise error.with_path(args.data) from None
     if not is_main(accelerator):
         return 0
-    metrics = {"model": str(args.model), "data": str(args.data), "seed": args.seed, **metrics}
+    metrics = {
+        "model": str(args.model),
+        "model_source": getattr(model, "source", None),
+        "data": str(args.data),
+        "seed": args.seed,
+        **metrics,
+    }
     with text_output(args.metrics_out) as handle:
         handle.write(json_text(metrics))
     if predictions is not None and args.predictions_out:
