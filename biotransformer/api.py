@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import os
 import re
@@ -250,11 +249,10 @@ def embed(
     L*D) float32 over the non-special tokens of the chosen ``layers``, concatenated; 0 is the
     embedding output, -1 the last layer) and with ``per_token`` every token's (``tokens``,
     ``offsets``: record i owns ``tokens[offsets[i]:offsets[i + 1]]``). ``pooling="max"``
-    takes the element-wise maximum over tokens instead of the mean. Records longer than the
+    takes the element-wise maximum over tokens instead of the mean (per window, for a record
+    cut into windows, whose rows are then combined by ``window_aggregate``). Records longer than the
     model's ``max_length`` are cut into windows overlapping by ``window_overlap`` letters;
     batches are filled up to ``max_tokens`` padded tokens. As ``biotransformer embed``."""
-    if pooling not in ("mean", "max"):
-        raise ConfigError(f"pooling={pooling!r} is not one of 'mean', 'max'")
     records = read_records(
         sequences,
         _tokenizer_of(model),
@@ -264,24 +262,16 @@ def embed(
     )
     windows = window_options(model, window_overlap, window_aggregate)
     with naming_input(sequences):
-        embeddings = embed_records(
+        return embed_records(
             model,
             records,
             layers=layers,
-            per_token=per_token or pooling == "max",
+            per_token=per_token,
+            pooling=pooling,
             max_tokens=max_tokens,
             accelerator=accelerator,
             windows=windows,
         )
-    if pooling == "max":
-        tokens, offsets = embeddings.tokens, embeddings.offsets
-        assert tokens is not None and offsets is not None
-        embeddings.pooled = np.stack(
-            [tokens[start:end].max(axis=0) for start, end in itertools.pairwise(offsets)]
-        )
-        if not per_token:
-            embeddings.tokens = embeddings.offsets = None
-    return embeddings
 
 
 def task_with_threshold(model: BioTransformerModel, threshold: float | None) -> TaskInfo:

@@ -10,3 +10,6 @@ IGNORE_INDEX = -100
 # without importing torch). ``cuda:N`` stands for any GPU index.
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
+
+# How ``embed`` pools a record's (a window's) token embeddings into one row.
+POOLINGS = ("mean", "max")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from biotransformer.constants import IGNORE_INDEX
+from biotransformer.constants import IGNORE_INDEX, POOLINGS
 from biotransformer.data.collator import MaskingCollator, PaddingCollator
 from biotransformer.data.sampler import TokenBudgetBatchSampler
 from biotransformer.errors import ConfigError, InputError
@@ -734,6 +734,7 @@ def embed_records(
     *,
     layers: Sequence[int] | None = None,
     per_token: bool = False,
+    pooling: str = "mean",
     max_tokens: int = 16384,
     accelerator: Accelerator | None = None,
     windows: WindowOptions | None = None,
@@ -748,6 +749,7 @@ def embed_records(
             records,
             layers=layers,
             per_token=per_token,
+            pooling=pooling,
             max_tokens=max_tokens,
             accelerator=accelerator,
             windows=windows,
@@ -776,17 +778,23 @@ def iter_embeddings(
     *,
     layers: Sequence[int] | None = None,
     per_token: bool = False,
+    pooling: str = "mean",
     max_tokens: int = 16384,
     accelerator: Accelerator | None = None,
     windows: WindowOptions | None = None,
     chunk_records: int | None = None,
 ) -> Iterator[Embeddings]:
     """``Embeddings`` of ``records`` chunk by chunk (``record_chunks`` of ``chunk_records``),
-    in record order: memory is set by a chunk, not by the number of records."""
+    in record order: memory is set by a chunk, not by the number of records. ``pooling``
+    (``mean`` or ``max``) pools each window over its non-special tokens."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling {pooling!r} is not one of {POOLINGS}")
     chosen = resolve_layers(layers, model.config.num_layers)
     windows = windows or WindowOptions()
     for chunk in record_chunks(records, max_records=chunk_records):
-        yield _embed_chunk(model, chunk, chosen, per_token, max_tokens, accelerator, windows)
+        yield _embed_chunk(
+            model, chunk, chosen, per_token, pooling, max_tokens, accelerator, windows
+        )
 
 
 def _embed_chunk(
@@ -794,6 +802,7 @@ def _embed_chunk(
     records: list[SequenceRecord],
     chosen: list[int],
     per_token: bool,
+    pooling: str,
     max_tokens: int,
     accelerator: Accelerator | None,
     windows: WindowOptions,
@@ -810,8 +819,11 @@ def _embed_chunk(
         hidden = torch.cat([encoded.hidden_states[i] for i in chosen], dim=-1)  # (B, T, L*D)
         hidden = hidden.float()  # pool in fp32 whatever the model's precision
         keep = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
-        weights = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, L*D)
+        if pooling == "max":
+            pooled = hidden.masked_fill(~keep.unsqueeze(-1), -torch.inf).amax(dim=1)
+        else:
+            weights = keep.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, L*D)
         pooled_rows = _numpy(pooled)
         if not per_token:
             return list(pooled_rows)

@@ -125,6 +125,15 @@ def test_api_and_cli_give_identical_numbers(
         assert np.array_equal(handle["embeddings"][:], embeddings.pooled)
         assert np.array_equal(handle["tokens"][:], embeddings.tokens)
         assert np.array_equal(handle["offsets"][:], embeddings.offsets)
+    assert main([*argv, "--pooling", "max", "--out", str(tmp_path / "m.h5")]) == 0
+    largest = model.embed(fasta, layers=[1, -1], pooling="max")
+    with h5py.File(tmp_path / "m.h5") as handle:
+        assert np.array_equal(handle["embeddings"][:], largest.pooled)
+        assert handle.attrs["pooling"] == "max"
+    # a record that fits: the maximum over its tokens; one cut: the mean of its windows' maxima
+    uncut = slice(embeddings.offsets[1], embeddings.offsets[2])
+    assert np.array_equal(largest.pooled[1], embeddings.tokens[uncut].max(axis=0))
+    assert (largest.pooled[0] <= embeddings.tokens[: embeddings.offsets[1]].max(axis=0)).all()
 
     reference = tmp_path / "ref.fa"
     reference.write_text(f">ref\n{sequences[1]}\n")

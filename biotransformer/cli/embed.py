@@ -20,6 +20,7 @@ from biotransformer.cli.common import (
     window_fingerprint,
     window_options,
 )
+from biotransformer.constants import POOLINGS
 from biotransformer.outputs import add_overwrite_option, check_output_file
 
 
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "embed",
         help="embed sequences with a model's encoder, to HDF5",
         description=(
-            "Mean-pooled embeddings (over non-special tokens) of every record as one (N, D) "
+            "Pooled embeddings (the mean, or with --pooling max the maximum, over non-special "
+            "tokens) of every record as one (N, D) "
             "float32 dataset 'embeddings' plus 'ids' (UTF-8 strings, in input order). With "
             "--per-token also 'tokens' (sum of T_i, D) and 'offsets' (N+1): record i owns "
             "tokens[offsets[i]:offsets[i+1]]. Several --layers are concatenated along D; the "
@@ -45,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_resume_option(parser)
     parser.add_argument(
         "--per-token", action="store_true", help="also store every token's embedding"
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="mean",
+        help="how a record's (a window's) token embeddings become its row: their mean "
+        "(default) or element-wise maximum",
     )
     parser.add_argument(
         "--layers",
@@ -84,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
             {"input": args.input},
             layers=layers,
             per_token=args.per_token,
+            pooling=args.pooling,
             **window_fingerprint(args),
         ),
         attributes={
             "layers": np.asarray(layers, dtype=np.int64),
             "model": str(args.model),
             "model_source": json.dumps(getattr(model, "source", None)),
+            "pooling": args.pooling,
             "tokenizer": model.tokenizer.spec,
         },
         resume=args.resume,
@@ -104,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             records,
             layers=layers,
             per_token=args.per_token,
+            pooling=args.pooling,
             max_tokens=args.max_tokens,
             accelerator=accelerator,
             windows=windows,
