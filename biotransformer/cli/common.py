@@ -103,8 +103,9 @@ def load_placed_model(args: argparse.Namespace) -> Any:
     """``--model`` (``biotransformer.api.load_model``: any source ``hub.load_model`` reads)
     on the ``--device`` in the ``--dtype`` the flags ask for (checked before it is read)."""
     from biotransformer.api import load_model
-    from biotransformer.devices import place_model, resolve_placement
+    from biotransformer.devices import keep_no_cpu_kernel_cache, place_model, resolve_placement
 
+    keep_no_cpu_kernel_cache()  # inference: a new batch shape at every step (devices.py)
     placement = resolve_placement(args.device, args.dtype)
     return place_model(load_model(args.model, require_tokenizer=True), placement)
 
