@@ -35,9 +35,9 @@ def test_a_new_encoder_gets_a_small_model_a_large_lr_and_a_step_floor():
     chosen = resolved.config
     assert (chosen.preset, chosen.tokenizer) == ("small", "dna")
     assert training.lr == defaults.NEW_LR and chosen.warmup_fraction == defaults.NEW_WARMUP
-    # 10 epochs of 10 steps would be 100 updates: the floor gives a small set 1000
-    assert training.max_steps == defaults.MIN_STEPS
-    assert training.warmup_steps == round(defaults.NEW_WARMUP * defaults.MIN_STEPS)
+    # 10 epochs of 10 steps would be 100 updates: the floor gives a small set 3000
+    assert training.max_steps == defaults.NEW_STEPS[0] == 3000
+    assert training.warmup_steps == round(defaults.NEW_WARMUP * defaults.NEW_STEPS[0])
     # 200 records: batches of 20, so that an epoch has 10 steps, not 1
     assert chosen.max_tokens == 20 * 62
     assert chosen.patience == defaults.PATIENCE
@@ -49,8 +49,8 @@ def test_a_warm_start_keeps_a_small_lr_and_a_large_set_is_capped():
     assert training.lr == defaults.WARM_LR
     assert resolved.config.warmup_fraction == defaults.WARM_WARMUP
     assert resolved.config.tokenizer is None and resolved.config.preset is None  # the model's
-    assert training.max_steps == defaults.MAX_STEPS  # 3 epochs would be 3750 steps
-    assert training.eval_every == defaults.MAX_STEPS // defaults.EVALUATIONS
+    assert training.max_steps == defaults.WARM_STEPS[1]  # 3 epochs would be 3750 steps
+    assert training.eval_every == defaults.WARM_STEPS[1] // defaults.EVALUATIONS
 
 
 @pytest.mark.parametrize(

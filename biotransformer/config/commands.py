@@ -380,7 +380,7 @@ class FinetuneConfig:
     epochs: float | None = option(
         None,
         help="passes over train (default: 10 for a new encoder, 3 warm started, within "
-        "1000 to 3000 optimizer steps)",
+        "3000 to 6000 optimizer steps for a new encoder, 1000 to 3000 warm started)",
         domain=positive_float,
     )
     max_steps: int | None = option(
