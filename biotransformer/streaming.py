@@ -189,6 +189,8 @@ class EmbeddingsStream(StagedOutput):
         arrays = (pooled, tokens, windows)
         size = sum(a.nbytes for a in arrays if a is not None) + sum(len(i) + 16 for i in ids)
         require_room(self.staging, size + H5_OVERHEAD)
+        if self.done and not self._opened:
+            self._rebuild_committed()
         with h5py.File(self.staging, "a" if self._opened or self.done else "w") as handle:
             if not self._opened:
                 self._begin(handle, pooled.shape[1], tokens is not None)
@@ -201,6 +203,44 @@ class EmbeddingsStream(StagedOutput):
                 ends = rows + np.cumsum(np.asarray(token_counts, dtype=np.int64))
                 _grow(handle["offsets"], n + 1, ends)
         self._commit(len(ids), 0 if tokens is None else len(tokens))
+
+    def _rebuild_committed(self) -> None:
+        """Copy the committed rows of a stopped run's staging file into a fresh one.
+
+        A kill during an append can leave HDF5 metadata that points past the file's recorded
+        end (seen: "len not positive after adjustment for EOA" on the next write), so the
+        stopped file is only read, up to the committed rows, never written again."""
+        import h5py
+
+        rows = {"embeddings": self.done, "ids": self.done, "windows": self.done}
+        rows |= {"tokens": self.state["token_rows"], "offsets": self.done + 1}
+        fresh = self.staging.with_name(self.staging.name + ".rebuild")
+        try:
+            with h5py.File(self.staging, "r") as old, h5py.File(fresh, "w") as new:
+                for name, count in rows.items():
+                    if name not in old:
+                        continue
+                    source = old[name]
+                    target = new.create_dataset(
+                        name,
+                        (count, *source.shape[1:]),
+                        source.dtype,
+                        maxshape=(None, *source.shape[1:]),
+                        chunks=source.chunks,
+                    )
+                    step = max(source.chunks[0], 1) * 64
+                    for start in range(0, count, step):
+                        target[start : start + step] = source[start : min(start + step, count)]
+                for key, value in old.attrs.items():
+                    new.attrs[key] = value
+        except (OSError, KeyError, ValueError) as error:
+            fresh.unlink(missing_ok=True)
+            raise InputError(
+                f"the staging file of the stopped run cannot be read back ({error})",
+                path=self.staging,
+                fix="rerun with --overwrite to start over",
+            ) from None
+        os.replace(fresh, self.staging)
 
     def _begin(self, handle: Any, width: int, per_token: bool) -> None:
         """Create the datasets (a fresh file) or cut them back to the committed state."""
