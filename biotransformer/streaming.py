@@ -243,17 +243,12 @@ class EmbeddingsStream(StagedOutput):
         os.replace(fresh, self.staging)
 
     def _begin(self, handle: Any, width: int, per_token: bool) -> None:
-        """Create the datasets (a fresh file) or cut them back to the committed state."""
+        """Create the datasets of a fresh file (a resumed one was rebuilt to hold exactly the
+        committed rows, ``_rebuild_committed``)."""
         import h5py
 
         self._opened = True
-        n, rows = self.state["records"], self.state["token_rows"]
-        if n:
-            for name in ("embeddings", "ids", "windows"):
-                handle[name].resize(n, axis=0)
-            if per_token:
-                handle["tokens"].resize(rows, axis=0)
-                handle["offsets"].resize(n + 1, axis=0)
+        if self.done:
             return
         chunk = (H5_CHUNK_ROWS, width)
         handle.create_dataset(
