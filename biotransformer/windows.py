@@ -80,17 +80,12 @@ class WindowPlan:
 
     def window_records(self, windows: range) -> list[SequenceRecord]:
         """The window records of ``windows`` (indices into the plan)."""
-        counts = self.windows_per_record()
         result = []
         for window in windows:
-            owner = int(self.owner[window])
-            record = self.sources[owner]
-            if counts[owner] == 1:
-                result.append(record)
-            else:
-                result.append(
-                    _window_record(record, int(self.start[window]), int(self.end[window]))
-                )
+            record = self.sources[int(self.owner[window])]
+            start, end = int(self.start[window]), int(self.end[window])
+            whole = start == 0 and end == len(record.sequence)  # the record's only window
+            result.append(record if whole else _window_record(record, start, end))
         return result
 
     def groups(self, max_letters: int) -> list[range]:
@@ -111,14 +106,6 @@ class WindowPlan:
         counts = self.windows_per_record().tolist()
         ends = np.cumsum(counts).tolist()
         return [range(end - count, end) for end, count in zip(ends, counts, strict=True)]
-
-    def aggregate(self, values: Sequence[np.ndarray], how: str) -> list[np.ndarray]:
-        """Per record: the element-wise mean or max of its windows' ``values``."""
-        if not self.cut:
-            return list(values)
-        running = RunningAggregate(how, len(self.sources))
-        running.add(self.owner, np.stack(values))
-        return list(running.result())
 
     def stitch(self, per_base: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per record: (length, ...) values from its windows' per-base ``(window length, ...)``

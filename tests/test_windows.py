@@ -22,6 +22,7 @@ from biotransformer.inference import (
 from biotransformer.io import SequenceRecord
 from biotransformer.tokenizers import Tokenizer
 from biotransformer.windows import (
+    RunningAggregate,
     WindowOptions,
     cut_sequence,
     plan_windows,
@@ -106,13 +107,18 @@ def test_tokens_to_bases_takes_the_token_starting_at_each_base():
     assert per_base.tolist() == [1, 2, 3, 4, 4, 4]
 
 
-def test_aggregate_mean_and_max():
+@pytest.mark.parametrize(("how", "expected"), [("mean", [3.0, 7.0]), ("max", [5.0, 7.0])])
+def test_running_aggregate_folds_a_records_windows_added_in_separate_steps(how, expected):
     records = [SequenceRecord("a", "A" * 30), SequenceRecord("b", "C" * 5)]
     plan = plan_windows(records, Tokenizer.from_spec("dna"), 11, WindowOptions(overlap=0))
-    assert plan.windows_per_record().tolist() == [3, 1]
-    values = [np.array([1.0]), np.array([3.0]), np.array([5.0]), np.array([7.0])]
-    assert [v[0] for v in plan.aggregate(values, "mean")] == [3.0, 7.0]
-    assert [v[0] for v in plan.aggregate(values, "max")] == [5.0, 7.0]
+    assert plan.owner.tolist() == [0, 0, 0, 1]
+    values = np.array([[1.0], [3.0], [5.0], [7.0]], np.float32)
+    running = RunningAggregate(how, len(records))
+    running.add(plan.owner[:2], values[:2])  # record a's windows span two groups
+    running.add(plan.owner[2:], values[2:])
+    result = running.result()
+    assert result[:, 0].tolist() == expected
+    assert result.dtype == np.float32
 
 
 def test_alibi_token_windows_match_full_length_and_stitch_exactly():
