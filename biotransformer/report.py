@@ -31,8 +31,6 @@ from biotransformer import plots
 from biotransformer.atomic import write_json
 from biotransformer.tasks import TaskInfo
 
-PRETRAIN_TITLE = "biotransformer: masked-LM pretraining"
-
 
 @dataclass(frozen=True)
 class Plot:
@@ -234,9 +232,10 @@ def write_report(
     )
 
 
-def write_pretrain_report(output_dir: str | Path) -> Path:
+def write_pretrain_report(output_dir: str | Path, *, data: str, model: str) -> Path:
     """Curves of a pretraining run's ``log.jsonl``, ``metrics.json`` with its last held-out
-    loss and perplexity (and the step they were measured at), and ``report.html``."""
+    loss and perplexity (and the step they were measured at), and ``report.html``, titled by
+    the ``data`` and the ``model``."""
     output_dir = Path(output_dir)
     rows = read_log(output_dir / "log.jsonl")
     evaluated = [row for row in rows if "valid_loss" in row]
@@ -254,7 +253,7 @@ def write_pretrain_report(output_dir: str | Path) -> Path:
     write_json(output_dir / "metrics.json", metrics)
     return plots.write_report_html(
         output_dir / "report.html",
-        title=PRETRAIN_TITLE,
+        title=f"Masked-LM pretraining on {data}, model: {model}",
         tables=metrics_tables({"valid": metrics.get("valid", {})}),
         images=image_paths(training_plots(rows, output_dir)),
         notes=[f"{len(rows)} log rows, last step {metrics['step']}"],

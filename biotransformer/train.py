@@ -154,7 +154,9 @@ class PretrainRecipe:
                 network.save_pretrained(model_dir, tokenizer=self.tokenizer)
                 from biotransformer.report import write_pretrain_report  # matplotlib: lazily
 
-                write_pretrain_report(self.output_dir)
+                write_pretrain_report(
+                    self.output_dir, data=self.describe_data(), model=self.describe_model(network)
+                )
             run.accelerator.wait_for_everyone()
         return PretrainResult(
             output_dir=self.output_dir,
@@ -164,6 +166,23 @@ class PretrainRecipe:
             last_checkpoint=latest_checkpoint(self.output_dir / "checkpoints"),
             model=network,
         )
+
+    def describe_data(self) -> str:
+        """The corpus in words, for the report's title: its FASTA names or its shard folder."""
+        files = [Path(name).name for name in self.config.data.train_files]
+        if not files:
+            return str(self.config.data.shard_dir)
+        shown = ", ".join(files[:3])
+        return shown if len(files) <= 3 else f"{shown} and {len(files) - 3} more files"
+
+    def describe_model(self, network: MaskedLM) -> str:
+        """The model in words, for the report's title: preset, size, tokens."""
+        config = network.config
+        size = f"{config.num_layers} layers of width {config.hidden_size}"
+        preset = self.config.model.get("preset")
+        name = size if preset is None else f"{preset} ({size})"
+        tokens = self.config.data.tokenizer or self.tokenizer.spec  # as the user wrote it
+        return f"{name}, {network.num_parameters() / 1e6:.2f}M parameters, {tokens}"
 
     def stop_early(self, step: int) -> str | None:
         """Pretraining runs its ``max_steps``."""

@@ -191,12 +191,13 @@ def test_finetune_report_names_every_plot_and_matches_metrics_json(binary_run):
 
 def test_pretrain_report_writes_metrics_json_and_curves(tmp_path):
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in PRETRAIN_LOG))
-    page = report.write_pretrain_report(tmp_path)
+    page = report.write_pretrain_report(tmp_path, data="genome.fa", model="tiny")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["step"] == 30
     assert metrics["valid"]["step"] == 30
     assert metrics["valid"]["metrics"]["loss"]["value"] == 1.385
     table = parse_report(page)
+    assert table.title == "Masked-LM pretraining on genome.fa, model: tiny"
     assert table.images == ["training curves", "validation metrics"]
     assert_table_equals_metrics(table, {"valid": metrics["valid"]})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -398,6 +399,12 @@ def test_pretrain_writes_run_files_checkpoints_and_model(tmp_path):
     assert [step for step, _ in complete_checkpoints(run / "checkpoints")] == [4, 6]
     model = load_model(run / "model")
     assert isinstance(model, MaskedLM) and model.tokenizer.vocab_size == model.config.vocab_size
+    title = re.search("<h1>(.*)</h1>", (run / "report.html").read_text()).group(1)
+    parameters = model.num_parameters() / 1e6
+    assert title == (
+        f"Masked-LM pretraining on toy.fa, model: tiny (2 layers of width 16), "
+        f"{parameters:.2f}M parameters, dna"
+    )
 
     reset_accelerate_state()
     with pytest.raises(ConfigError, match="--resume latest"):
