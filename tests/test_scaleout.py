@@ -134,6 +134,28 @@ def test_fsdp_pretrain_matches_ddp_resumes_bit_identical_and_saves_an_ordinary_m
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_ddp_checkpoint_resumes_under_fsdp_to_the_ddp_run(pretrain, tmp_path):
+    config, ddp = pretrain
+    resumed = tmp_path / "resumed"
+    shutil.copytree(ddp, resumed)  # killed after the step-10 checkpoint: its later state gone
+    shutil.rmtree(resumed / "model")
+    shutil.rmtree(latest_checkpoint(resumed / "checkpoints"))
+    assert latest_checkpoint(resumed / "checkpoints").name == "step-00000010"
+    env = {**SUBPROCESS_ENV, **FSDP_ENV}
+    result = run_torchrun([*pretrain_command(config, resumed), "--resume", "latest"], env=env)
+    assert "resumed from" in result.stdout + result.stderr
+    info = json.loads((latest_checkpoint(resumed / "checkpoints") / "checkpoint.json").read_text())
+    assert info["distributed_type"] == "FSDP" and info["step"] == STEPS
+    # Steps 1-10 are DDP's own log rows; 11-20 ran sharded, so they match within FSDP's tolerance
+    assert losses(resumed)[:10] == losses(ddp)[:10]
+    assert largest_relative_difference(losses(ddp), losses(resumed)) < LOSS_TOLERANCE
+    expected, actual = weights(ddp), weights(resumed)
+    assert set(expected) == set(actual)
+    assert all(torch.allclose(expected[n], actual[n], atol=1e-5) for n in expected)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_fsdp_finetune_matches_ddp_and_saves_an_ordinary_model(tmp_path):
     rng = np.random.default_rng(0)
