@@ -168,9 +168,10 @@ def decision_note(task: TaskInfo) -> str | None:
     return f"decision: the most probable class{unit}"
 
 
-def verdict_lines(verdict: Mapping[str, Any]) -> list[str]:
-    """The verdict of ``metrics.json`` (model against its composition baseline) in words;
-    ``ci95`` is null when no bootstrap resamples were drawn."""
+def verdict_summary(verdict: Mapping[str, Any]) -> list[str]:
+    """The verdict of ``metrics.json`` (model against its composition baseline) in words, for
+    the report's summary (the terminal's one line is ``verdict.verdict_lines``); ``ci95`` is
+    null when no bootstrap resamples were drawn."""
     metric, baseline = verdict["metric"], verdict["baseline"]
     where = (
         f" on the {SECTION_HEADINGS.get(verdict['split'], verdict['split'])}"
@@ -227,7 +228,7 @@ def write_report(
         tables=metrics_tables(sections),
         images=image_paths(images),
         notes=[note for note in notes if note is not None],
-        summary=verdict_lines(verdict) if verdict else (),
+        summary=verdict_summary(verdict) if verdict else (),
         warnings=verdict.get("warnings", []) if verdict else (),
     )
 

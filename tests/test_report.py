@@ -261,7 +261,7 @@ def test_report_puts_the_verdict_first_and_writes_values_not_reprs(binary_run):
     for repr_text in ("None", "['", "data accuracy"):
         assert repr_text not in text
     without_bootstrap = {**VERDICT, "ci95": None, "split": "test", "n": 60}
-    lines = report.verdict_lines(without_bootstrap)
+    lines = report.verdict_summary(without_bootstrap)
     assert lines[0] == (
         "mcc on the test split: model 0.610, baseline (k-mer (3-6) counts + logistic "
         "regression) 0.450"
