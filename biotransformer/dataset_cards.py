@@ -253,7 +253,7 @@ def _read_fasta_pipe_label(path: Path, card: DatasetCard) -> Rows:
 
 def _read_genomic_benchmarks_folder(path: Path, card: DatasetCard) -> Rows:
     labels = card.labels or ()
-    rows = []
+    rows: Rows = []
     for class_dir in sorted(p for p in path.iterdir() if p.is_dir()):
         if class_dir.name not in labels:
             raise InputError(

@@ -223,7 +223,7 @@ def _remove_written(directory: Path, relative_paths: Iterable[str]) -> None:
     """Remove the listed files (never anything outside ``directory``), then the directories
     they leave empty."""
     root = directory.resolve()
-    emptied = set()
+    emptied: set[Path] = set()
     for relative in relative_paths:
         path = directory / relative
         if Path(relative).is_absolute() or ".." in Path(relative).parts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -114,12 +115,12 @@ def config_from_args(
     args: argparse.Namespace,
     aliases: Mapping[str, str],
     *,
-    path: str | None = None,
+    path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
 ) -> T:
     """The validated ``cls`` config: its defaults, the YAML file ``path``, the flags of
     ``aliases`` given on the command line, then the ``key=value`` ``overrides``."""
-    given = getattr(args, GIVEN, set())
+    given: set[str] = getattr(args, GIVEN, set())
     values = {
         key: getattr(args, flag_dest(flag))
         for flag, key in aliases.items()
