@@ -446,19 +446,21 @@ def finetune(
     named = {"task": task, "model_dir": model, "preset": preset, "output_dir": out}
     values.update({key: os.fspath(v) if key != "task" else v for key, v in named.items() if v})
     data = {"train": train, "valid": valid, "test": test}
+    in_memory = [split for split, value in data.items() if _in_memory(value)]
     with tempfile.TemporaryDirectory(prefix="biotransformer-data-") as scratch:
         for split, value in data.items():
             if value is not None:
                 values[split] = _labelled_file(value, Path(scratch) / f"{split}.csv", values)
         resolved = _config(FinetuneConfig, config, values)
-        return run_finetune(resolved)
+        return run_finetune(resolved, keep_inputs=in_memory)
 
 
-def run_finetune(config: FinetuneConfig) -> RunResult:
-    """Run a resolved fine-tuning config (the command line's entry)."""
+def run_finetune(config: FinetuneConfig, *, keep_inputs: Sequence[str] = ()) -> RunResult:
+    """Run a resolved fine-tuning config (the command line's entry); ``keep_inputs``: the
+    splits given in memory, whose temporary files the run keeps in ``OUT/inputs/``."""
     from biotransformer.finetuning import finetune as run
 
-    result = run(config)
+    result = run(config, keep_inputs=keep_inputs)
     model_dir = result.model_dir if result.outcome == "finished" else None
     return RunResult(result.output_dir, model_dir, result.metrics, result.best_step, result.outcome)
 
@@ -508,6 +510,11 @@ def _config(cls: Any, config: Any, values: dict[str, Any]) -> Any:
     if isinstance(config, (FinetuneConfig, RunConfig)):
         return load_config(cls, values={**dataclasses.asdict(config), **values})
     return load_config(cls, config, values=values)
+
+
+def _in_memory(data: LabelledData | None) -> bool:
+    """Whether ``data`` is given in memory rather than as a path."""
+    return data is not None and not isinstance(data, (str, os.PathLike))
 
 
 def _labelled_file(data: LabelledData, path: Path, values: dict[str, Any]) -> str:

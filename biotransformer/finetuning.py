@@ -30,7 +30,7 @@ import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +40,7 @@ import torch
 from accelerate.utils import set_seed
 
 from biotransformer import engine
-from biotransformer.atomic import write_json
+from biotransformer.atomic import atomic_write, write_json
 from biotransformer.checkpointing import Stateful
 from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.data.collator import PaddingCollator
@@ -207,11 +207,15 @@ def _valid_loss(task: str, truth: np.ndarray, logits: np.ndarray, model: Any) ->
     return float(-np.mean(log_probs[np.arange(len(truth)), truth]))
 
 
-def finetune(config: FinetuneConfig) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, keep_inputs: Collection[str] = ()) -> FinetuneResult:
     """Fine-tune, select on validation, evaluate the test split once; see the module doc.
-    ``output_dir`` is claimed for the run first (``outputs.claim_run_directory``)."""
+    ``output_dir`` is claimed for the run first (``outputs.claim_run_directory``).
+    ``keep_inputs`` names the splits (``train``, ``valid``, ``test``) whose files are
+    temporary (data given in memory to ``api.finetune``): the run copies them into
+    ``OUT/inputs/`` and its ``config.yaml`` names the copies, so that it reruns."""
     config.validate()
-    return engine.run(FinetuneRecipe(config), resume=config.resume, overwrite=config.overwrite)
+    recipe = FinetuneRecipe(config, keep_inputs=keep_inputs)
+    return engine.run(recipe, resume=config.resume, overwrite=config.overwrite)
 
 
 def finetune_inputs(config: FinetuneConfig) -> list[str | None]:
@@ -236,8 +240,9 @@ class FinetuneRecipe:
     datasets: dict[str, Any]
     run_info: dict[str, Any]
 
-    def __init__(self, config: FinetuneConfig) -> None:
+    def __init__(self, config: FinetuneConfig, *, keep_inputs: Collection[str] = ()) -> None:
         self.config = config
+        self.keep_inputs = tuple(keep_inputs)
         self.output_dir = Path(config.output_dir)
         self.training = dataclasses.replace(config.training, output_dir=str(self.output_dir))
         self.resume_hint = f"rerun the same command with --resume latest (--out {self.output_dir})"
@@ -253,6 +258,7 @@ class FinetuneRecipe:
         seed = self.training.seed
         self.started = time.perf_counter()
         self.accelerator = accelerator
+        self.copy_kept_inputs(accelerator)
         first = next(iter(read_labelled(self.config.train, self.config.task, self.config.read)))
         alphabet = guess_alphabet(first.sequence)
         self.splits, self.report = prepare_splits(self.config, alphabet)
@@ -338,6 +344,19 @@ class FinetuneRecipe:
         for line in self.resolved.lines():
             self.accelerator.print(line)
         return self.training
+
+    def copy_kept_inputs(self, accelerator: Accelerator) -> None:
+        """Copy the temporary files of ``keep_inputs`` into ``OUT/inputs/<split>.<suffix>``
+        (files of this run) and point the config at the copies."""
+        for split in self.keep_inputs:
+            source = Path(getattr(self.config, split))
+            copy = self.output_dir / "inputs" / f"{split}{source.suffix}"
+            if accelerator.is_main_process:
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(copy, "wb") as handle:
+                    handle.write(source.read_bytes())
+            setattr(self.config, split, str(copy))
+        accelerator.wait_for_everyone()
 
     def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.config.to_dict(), {**self.run_info, "settings": self.resolved.reasons}

@@ -5,12 +5,14 @@ call, model sources, and a fine-tune from data in memory that learns a planted s
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import biotransformer as bt
 from biotransformer.cli import main
@@ -73,6 +75,41 @@ def test_data_in_memory_becomes_the_file_finetune_reads(tmp_path: Path) -> None:
         assert [r.label for r in read] == [str(y) for y in labels]
     with pytest.raises(InputError, match="6 sequences but 2 labels"):
         api._labelled_file((sequences, labels[:2]), tmp_path / "x.csv", {})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_finetune_of_data_in_memory_keeps_its_data_and_reruns_from_its_config(
+    tmp_path: Path,
+) -> None:
+    """The run copies the CSV files written for data in memory into OUT/inputs/, and its
+    config.yaml names the copies: the command line reruns it to the same numbers."""
+    train, valid = planted_data(200, 1), planted_data(60, 2)
+    out = tmp_path / "run"
+    keys = {"max_steps": 30, "training": {"lr": 3e-3}, "bootstrap": 0, "plots": False}
+    result = bt.finetune(
+        train=train, valid=valid, task="classification", preset="tiny", out=out, **keys
+    )
+    assert result.metrics["valid"]["metrics"]["mcc"]["value"] > 0.7
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["train"], config["valid"]) == (
+        str(out / "inputs" / "train.csv"),
+        str(out / "inputs" / "valid.csv"),
+    )
+    with (out / "inputs" / "train.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["sequence"] for row in rows] == train[0]
+    assert [int(row["label"]) for row in rows] == train[1]
+
+    rerun = tmp_path / "rerun"
+    assert main(["finetune", "--config", str(out / "config.yaml"), "--out", str(rerun)]) == 0
+    first, again = (json.loads((run / "metrics.json").read_text()) for run in (out, rerun))
+    assert again["valid"] == first["valid"] and again["test"] == first["test"]
+    # The copies are the run's own files: --overwrite replaces them with the new data's
+    bt.finetune(train=valid, task="classification", preset="tiny", out=out, overwrite=True, **keys)
+    with (out / "inputs" / "train.csv").open(newline="") as handle:
+        assert [row["sequence"] for row in csv.DictReader(handle)] == valid[0]
+    assert not (out / "inputs" / "valid.csv").exists()
 
 
 @pytest.mark.slow
