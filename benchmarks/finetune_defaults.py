@@ -24,6 +24,13 @@ is rewritten after every run, so an interrupted benchmark still reports what it 
     python benchmarks/finetune_defaults.py    # writes benchmarks/results/finetune_defaults.json
     python benchmarks/finetune_defaults.py --seeds 0 --datasets amp multiclass
     python benchmarks/finetune_defaults.py --smoke --out /tmp/fd.json   # seconds
+
+A probe changes settings on top of the defaults (``--set KEY=VALUE``, a ``FinetuneConfig``
+key or ``training.KEY``; recorded in the JSON's ``settings.config_extra``) and writes to its
+own ``--out``:
+
+    python benchmarks/finetune_defaults.py --datasets tf_0 --seeds 0 --set pooling=max \
+        --out /tmp/probe.json
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -132,9 +140,11 @@ def finetune_run(name: str, files: dict[str, Any], out: Path, seed: int, extra: 
         output_dir=str(out),
         task=files["task"],
         plots=False,
-        **extra,
     )
     config.training.seed = seed
+    for key, value in extra.items():
+        section, _, field = key.rpartition(".")
+        setattr(config.training if section == "training" else config, field, value)
     started = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
         result = finetune(config)
@@ -168,6 +178,22 @@ def _setting(config: Any, run: dict, key: str) -> Any:
     resolved = yaml.safe_load((Path(config.output_dir) / "config.yaml").read_text())
     section, _, name = key.rpartition(".")
     return (resolved[section] if section else resolved)[name]
+
+
+def _key_value(text: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    """``KEY=VALUE`` as (key, the value read as YAML)."""
+    import yaml
+
+    from biotransformer.config import FinetuneConfig, TrainingConfig
+
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        parser.error(f"--set {text!r}: expected KEY=VALUE, e.g. pooling=max or training.lr=1e-3")
+    section, _, field = key.rpartition(".")
+    fields = {f.name for f in dataclasses.fields(TrainingConfig if section else FinetuneConfig)}
+    if section not in ("", "training") or field not in fields:
+        parser.error(f"--set {key}: not a FinetuneConfig key (or training.KEY)")
+    return key, yaml.safe_load(value)
 
 
 def _one_thread() -> None:
@@ -234,10 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="data sets"
     )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (0: in-process)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a probe: a FinetuneConfig key (or training.KEY) set on top of the defaults, the "
+        "value read as YAML; repeatable; needs --out",
+    )
     args = parser.parse_args(argv)
+    if args.set and "--out" not in (argv if argv is not None else sys.argv):
+        parser.error("--set changes the defaults: give the probe its own --out")
     if args.smoke:
         args.datasets, args.seeds, args.jobs = ["multiclass", "regression"], [0], 0
     sizes, extra = (SMOKE_SIZES, SMOKE_CONFIG) if args.smoke else (GENERATED_SIZES, {})
+    extra = {**extra, **dict(_key_value(text, parser) for text in args.set)}
     started, load_before = time.perf_counter(), os.getloadavg()
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
