@@ -13,6 +13,8 @@ test split once, at the end, with that model. The output directory::
     adapter/          with LoRA: the selected adapter and head weights (``lora.save_adapter``)
     imported/         with ``--model hf:ORG/NAME``, ``hf:PATH`` or ``fair-esm:PATH``: the
                       converted base model (see ``hub``)
+    inputs/           data given in memory to ``api.finetune``, as the CSV files that
+                      config.yaml names (``keep_inputs``)
     metrics.json      validation and test metrics with bootstrap CIs, n, threshold, seed
     predictions_valid.tsv, predictions_test.tsv
     config.yaml       the resolved fine-tuning config
