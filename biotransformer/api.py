@@ -483,19 +483,26 @@ def pretrain(
     if out is not None:
         values["training.output_dir"] = os.fspath(out)
     with tempfile.TemporaryDirectory(prefix="biotransformer-data-") as scratch:
+        written = Path(scratch) / "train.fasta"
         if train is not None:
-            values["data.train_files"] = _fasta_files(train, Path(scratch) / "train.fasta")
+            values["data.train_files"] = _fasta_files(train, written)
         resolved = _config(RunConfig, config, values)
-        return run_pretrain(resolved, resume=resume, overwrite=overwrite)
+        in_memory = written.exists()
+        return run_pretrain(resolved, resume=resume, overwrite=overwrite, keep_inputs=in_memory)
 
 
 def run_pretrain(
-    config: RunConfig, *, resume: PathLike | None = None, overwrite: bool = False
+    config: RunConfig,
+    *,
+    resume: PathLike | None = None,
+    overwrite: bool = False,
+    keep_inputs: bool = False,
 ) -> RunResult:
-    """Run a resolved pretraining config (the command line's entry)."""
+    """Run a resolved pretraining config (the command line's entry); ``keep_inputs``: its
+    FASTA was written from sequences in memory, and the run keeps a copy in ``OUT/inputs/``."""
     from biotransformer.train import pretrain as run
 
-    result = run(config, resume=resume, overwrite=overwrite)
+    result = run(config, resume=resume, overwrite=overwrite, keep_inputs=keep_inputs)
     metrics = _metrics_file(result.output_dir)
     return RunResult(result.output_dir, result.model_dir, metrics, result.step, result.outcome)
 

@@ -42,7 +42,7 @@ import torch
 from accelerate.utils import set_seed
 
 from biotransformer import engine
-from biotransformer.atomic import atomic_write, write_json
+from biotransformer.atomic import write_json
 from biotransformer.checkpointing import Stateful
 from biotransformer.config import FinetuneConfig, ModelConfig, TrainingConfig
 from biotransformer.data.collator import PaddingCollator
@@ -78,6 +78,7 @@ from biotransformer.lora import (
     save_adapter,
 )
 from biotransformer.metrics import tune_threshold
+from biotransformer.outputs import keep_input_copies
 from biotransformer.runtime import broadcast_from_main
 from biotransformer.strands import (
     average_strands,
@@ -349,16 +350,15 @@ class FinetuneRecipe:
 
     def copy_kept_inputs(self, accelerator: Accelerator) -> None:
         """Copy the temporary files of ``keep_inputs`` into ``OUT/inputs/<split>.<suffix>``
-        (files of this run) and point the config at the copies."""
-        for split in self.keep_inputs:
-            source = Path(getattr(self.config, split))
-            copy = self.output_dir / "inputs" / f"{split}{source.suffix}"
-            if accelerator.is_main_process:
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(copy, "wb") as handle:
-                    handle.write(source.read_bytes())
-            setattr(self.config, split, str(copy))
-        accelerator.wait_for_everyone()
+        and point the config at the copies."""
+        sources = {split: getattr(self.config, split) for split in self.keep_inputs}
+        copies = keep_input_copies(
+            accelerator,
+            self.output_dir,
+            {f"{split}{Path(source).suffix}": source for split, source in sources.items()},
+        )
+        for split, source in sources.items():
+            setattr(self.config, split, copies[f"{split}{Path(source).suffix}"])
 
     def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.config.to_dict(), {**self.run_info, "settings": self.resolved.reasons}

@@ -573,6 +573,24 @@ def add_overwrite_option(parser: Any, what: str = "--out") -> None:
     )
 
 
+def keep_input_copies(
+    accelerator: Accelerator, run_directory: Path, sources: dict[str, str]
+) -> dict[str, str]:
+    """Copy temporary input files (data given in memory to the API) into ``run_directory /
+    "inputs"``, as files of the run, so that its ``config.yaml`` can name files that last:
+    ``sources`` maps a copy's file name to its source; returns each name's copy path. The
+    main process copies while the others wait."""
+    folder = run_directory / "inputs"
+    copies = {name: str(folder / name) for name in sources}
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, source in sources.items():
+            with atomic_write(copies[name], "wb") as handle:
+                handle.write(Path(source).read_bytes())
+    accelerator.wait_for_everyone()
+    return copies
+
+
 def holds_files(*names: str) -> Callable[[Path], bool]:
     """A ``recognise`` test: the directory holds every one of ``names`` (how a run directory
     written by an earlier version, without a record, is told from a foreign one)."""
@@ -589,6 +607,7 @@ __all__ = [
     "check_output_file",
     "claim_run_directory",
     "holds_files",
+    "keep_input_copies",
     "read_run_record",
     "report_stream",
     "text_output",

@@ -30,6 +30,7 @@ from biotransformer.data.shards import ShardDataset, prepare_corpus
 from biotransformer.engine import MODEL_INPUTS, Outcome, Plan, Run
 from biotransformer.errors import ConfigError
 from biotransformer.heads import MaskedLM
+from biotransformer.outputs import keep_input_copies
 from biotransformer.tokenizers import Tokenizer, canonical_spec, parse_spec
 
 
@@ -51,6 +52,7 @@ def pretrain(
     *,
     resume: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    keep_inputs: bool = False,
 ) -> PretrainResult:
     """Masked-LM pretraining of ``config`` under Accelerate (one or many processes).
 
@@ -60,8 +62,12 @@ def pretrain(
     ``model/`` and the run report (``metrics.json``, curves as PNG, ``report.html``).
     ``training.output_dir`` is claimed for the run first (``outputs.claim_run_directory``);
     ``overwrite`` replaces an earlier run there (only the files it recorded as written).
+    ``keep_inputs``: ``data.train_files`` are temporary (sequences given in memory to
+    ``api.pretrain``); the run copies them into ``<output_dir>/inputs/`` and its
+    ``config.yaml`` names the copies, so that it reruns.
     """
-    return engine.run(PretrainRecipe(config), resume=resume, overwrite=overwrite)
+    recipe = PretrainRecipe(config, keep_inputs=keep_inputs)
+    return engine.run(recipe, resume=resume, overwrite=overwrite)
 
 
 class PretrainRecipe:
@@ -70,8 +76,9 @@ class PretrainRecipe:
     kind: Literal["pretrain"] = "pretrain"
     output_flag = "training.output_dir"
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, keep_inputs: bool = False) -> None:
         self.config = config
+        self.keep_inputs = keep_inputs
         self.training: TrainingConfig = config.training
         self.output_dir = Path(config.training.output_dir)
         self.resume_hint = (
@@ -83,6 +90,11 @@ class PretrainRecipe:
 
     def plan(self, accelerator: Accelerator) -> Plan:
         data = self.config.data
+        if self.keep_inputs:
+            sources = {Path(path).name: path for path in data.train_files}
+            data.train_files = list(
+                keep_input_copies(accelerator, self.output_dir, sources).values()
+            )
         shard_dir = _prepared_shards(accelerator, data, self.output_dir)
         train_set = ShardDataset(shard_dir, "train", max_length=data.max_length, seed=data.seed)
         self.valid_set = ShardDataset(

@@ -337,8 +337,8 @@ def test_model_methods_are_the_api_functions(tiny_dna: bt.MaskedLM) -> None:
 @pytest.mark.timeout(300)
 def test_pretrain_from_sequences_in_memory(tmp_path: Path) -> None:
     """bt.pretrain on a list of sequences of four letters runs on them (written to a FASTA
-    for the run) and learns at least which tokens occur: the held-out loss ends well below
-    uniform guessing over the vocabulary."""
+    that the run keeps and its config.yaml names) and learns at least which tokens occur: the
+    held-out loss ends well below uniform guessing over the vocabulary."""
     rng = np.random.default_rng(0)
     sequences = ["".join(rng.choice(list("ACGT"), 200)) for _ in range(20)]
     result = bt.pretrain(
@@ -353,6 +353,10 @@ def test_pretrain_from_sequences_in_memory(tmp_path: Path) -> None:
     assert isinstance(model, bt.MaskedLM) and model.tokenizer.scheme == "dna"
     held_out = result.metrics["valid"]["metrics"]["loss"]["value"]
     assert held_out < np.log(model.config.vocab_size) - 1.0
+    kept = tmp_path / "run" / "inputs" / "train.fasta"
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["data"]["train_files"] == [str(kept)]
+    assert [record.sequence for record in bt.read_sequences(kept)] == sequences
 
 
 def test_public_names_stay_the_api_after_every_submodule_is_imported() -> None:
