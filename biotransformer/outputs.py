@@ -582,6 +582,8 @@ def keep_input_copies(
     main process copies while the others wait."""
     folder = run_directory / "inputs"
     copies = {name: str(folder / name) for name in sources}
+    if not sources:  # no folder: an empty one is no file of the run's, and --overwrite keeps it
+        return copies
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         for name, source in sources.items():
