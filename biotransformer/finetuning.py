@@ -349,16 +349,12 @@ class FinetuneRecipe:
         return self.training
 
     def copy_kept_inputs(self, accelerator: Accelerator) -> None:
-        """Copy the temporary files of ``keep_inputs`` into ``OUT/inputs/<split>.<suffix>``
+        """Copy the temporary files of ``keep_inputs`` (``train.csv``...) into ``OUT/inputs/``
         and point the config at the copies."""
-        sources = {split: getattr(self.config, split) for split in self.keep_inputs}
-        copies = keep_input_copies(
-            accelerator,
-            self.output_dir,
-            {f"{split}{Path(source).suffix}": source for split, source in sources.items()},
-        )
-        for split, source in sources.items():
-            setattr(self.config, split, copies[f"{split}{Path(source).suffix}"])
+        sources = [getattr(self.config, split) for split in self.keep_inputs]
+        copies = keep_input_copies(accelerator, self.output_dir, sources)
+        for split, copy in zip(self.keep_inputs, copies, strict=True):
+            setattr(self.config, split, copy)
 
     def run_files(self, training: TrainingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.config.to_dict(), {**self.run_info, "settings": self.resolved.reasons}

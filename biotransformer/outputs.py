@@ -50,7 +50,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -574,20 +574,20 @@ def add_overwrite_option(parser: Any, what: str = "--out") -> None:
 
 
 def keep_input_copies(
-    accelerator: Accelerator, run_directory: Path, sources: dict[str, str]
-) -> dict[str, str]:
+    accelerator: Accelerator, run_directory: Path, sources: Sequence[str]
+) -> list[str]:
     """Copy temporary input files (data given in memory to the API) into ``run_directory /
-    "inputs"``, as files of the run, so that its ``config.yaml`` can name files that last:
-    ``sources`` maps a copy's file name to its source; returns each name's copy path. The
-    main process copies while the others wait."""
+    "inputs"`` under their own names, as files of the run, so that its ``config.yaml`` can
+    name files that last; the copies' paths, in order. The main process copies while the
+    others wait."""
     folder = run_directory / "inputs"
-    copies = {name: str(folder / name) for name in sources}
+    copies = [str(folder / Path(source).name) for source in sources]
     if not sources:  # no folder: an empty one is no file of the run's, and --overwrite keeps it
         return copies
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        for name, source in sources.items():
-            with atomic_write(copies[name], "wb") as handle:
+        for source, copy in zip(sources, copies, strict=True):
+            with atomic_write(copy, "wb") as handle:
                 handle.write(Path(source).read_bytes())
     accelerator.wait_for_everyone()
     return copies

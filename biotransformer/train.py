@@ -91,10 +91,7 @@ class PretrainRecipe:
     def plan(self, accelerator: Accelerator) -> Plan:
         data = self.config.data
         if self.keep_inputs:
-            sources = {Path(path).name: path for path in data.train_files}
-            data.train_files = list(
-                keep_input_copies(accelerator, self.output_dir, sources).values()
-            )
+            data.train_files = keep_input_copies(accelerator, self.output_dir, data.train_files)
         shard_dir = _prepared_shards(accelerator, data, self.output_dir)
         train_set = ShardDataset(shard_dir, "train", max_length=data.max_length, seed=data.seed)
         self.valid_set = ShardDataset(
