@@ -252,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "benchmarks" / "results" / "finetune_defaults.json",
         help="result JSON, rewritten after every run (default: results/finetune_defaults.json)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
@@ -269,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         "value read as YAML; repeatable; needs --out",
     )
     args = parser.parse_args(argv)
-    if args.set and "--out" not in (argv if argv is not None else sys.argv):
+    if args.set and args.out is None:
         parser.error("--set changes the defaults: give the probe its own --out")
+    args.out = args.out or REPO / "benchmarks" / "results" / "finetune_defaults.json"
     if args.smoke:
         args.datasets, args.seeds, args.jobs = ["multiclass", "regression"], [0], 0
     sizes, extra = (SMOKE_SIZES, SMOKE_CONFIG) if args.smoke else (GENERATED_SIZES, {})
